@@ -6,17 +6,22 @@ so the comparison between them cannot drift.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where `data/` and `outputs/` live. The repository root by default; the end-to-end test points
+# BMWLM_WORKDIR at a temporary folder so a test run never touches a real run's files.
+WORK_DIR = Path(os.environ.get("BMWLM_WORKDIR", ROOT)).resolve()
 
-DATA_DIR = ROOT / "data"
+DATA_DIR = WORK_DIR / "data"
 RAW_DIR = DATA_DIR / "raw"
 PROCESSED_DIR = DATA_DIR / "processed"
-QA_FILE = DATA_DIR / "qa" / "bmw_qa.jsonl"
+# The hand-written Q&A set is part of the source tree, not pipeline output.
+QA_FILE = ROOT / "data" / "qa" / "bmw_qa.jsonl"
 
-OUTPUTS_DIR = ROOT / "outputs"
+OUTPUTS_DIR = WORK_DIR / "outputs"
 MODELS_DIR = OUTPUTS_DIR / "models"
 RUNS_DIR = OUTPUTS_DIR / "runs"
 PRUNE_DIR = OUTPUTS_DIR / "prune"
