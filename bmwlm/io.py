@@ -37,8 +37,9 @@ def iter_jsonl(path: Path | str) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text(path: Path | str, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -46,6 +47,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -56,12 +58,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def write_jsonl(path: Path | str, records: Iterable[dict]) -> int:
     """Atomically write one JSON object per line; returns the number of records."""
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    _atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
+    write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
 
 def write_json(path: Path | str, obj) -> None:
-    _atomic_write_text(Path(path), json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+    write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def read_json(path: Path | str):
