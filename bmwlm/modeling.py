@@ -62,6 +62,7 @@ def convert_packaged_model(out_dir: Path) -> Path:
     model.config.name_or_path = DEFAULT_MODEL_DIRNAME
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes the folder private; the model is an ordinary output
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -86,7 +87,37 @@ def resolve_model(name_or_path: str | os.PathLike, models_dir: Path = MODELS_DIR
         return name
     if Path(name).exists() or name.startswith((".", "/")):
         raise ModelUnavailableError(f"{name} is not a model directory")
+    if not hub_model_reachable(name):
+        raise ModelUnavailableError(
+            f"model {name!r} is not a local directory, not in the local model-hub cache, and the model hub "
+            f"cannot be reached. Without access to the model hub use the packaged default: --model {DEFAULT_MODEL}"
+        )
     return name  # a model-hub id such as "gpt2"
+
+
+def hub_model_reachable(repo_id: str, timeout: float = 3.0) -> bool:
+    """True if `repo_id` is in the local Hugging Face cache or the hub answers within `timeout` seconds.
+
+    Without this check an unreachable hub costs ~50 s of retries inside huggingface_hub before failing.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return True
+    except ValueError:  # not a valid repo id: let from_pretrained report it
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def model_slug(name_or_path: str | os.PathLike) -> str:

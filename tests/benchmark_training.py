@@ -1,0 +1,497 @@
+#!/usr/bin/env python
+"""Training, evaluation and generation throughput on this machine (not part of the default test run).
+
+    .venv/bin/python tests/benchmark_training.py [--model smollm2-135m] [--steps 1] [--rounds 3]
+    .venv/bin/pytest -m benchmark tests/benchmark_training.py      (the same with --steps 1 --rounds 1)
+
+Everything is measured in one process, on the same batches, recipes alternating round by round
+(the machine is shared, so single timings are noisy; the median over rounds is reported):
+- the ceiling: GFLOP/s of large bf16 and float32 matmuls (2048^2 and 4096^2, best of a few);
+- training tokens/s of 03_train.py's default recipe (TrainConfig: bf16 autocast, packed blocks,
+  chunked output-layer loss), the same in float32, a naive baseline (one article per row padded to
+  the longest in the batch, float32, the model's own loss; only real tokens count), and one lever
+  at a time changed from the default (the model's own loss, fused AdamW, block/batch shape, 1
+  thread, torch.compile with compile time counted separately), plus the default recipe run through
+  03_train.py's Trainer (to see the Trainer's own overhead);
+- each recipe's share of the measured bf16 ceiling (FLOPs = 6 x parameters x tokens) and its peak
+  memory (VmHWM, reset before each recipe);
+- evaluation tokens/s (bmwlm.modeling.evaluate_nll, bf16 and float32) and greedy generation new
+  tokens/s with the KV cache (float32 and bf16 autocast);
+- optionally (--loss-check-steps N) N training steps from the same start on the same batches in
+  bf16 autocast and in float32, then the validation loss of both: does bf16 reach the same loss?
+Results go to stdout and to outputs/benchmark/benchmark.json.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bmwlm.config import DEFAULT_MODEL, OUTPUTS_DIR, TRAIN_FILE, VALIDATION_FILE, TrainConfig  # noqa: E402
+from bmwlm.io import read_jsonl, require, write_json  # noqa: E402
+from bmwlm.modeling import (  # noqa: E402
+    autocast_context, count_parameters, evaluate_nll, load_model, load_tokenizer, tokenize_texts,
+)
+from tests.conftest import load_script  # noqa: E402
+
+train = load_script("03_train")
+BENCHMARK_FILE = OUTPUTS_DIR / "benchmark" / "benchmark.json"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def reset_peak_memory() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process, where Linux allows it."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def release_memory() -> float:
+    """Free what can be freed, reset the peak counter, and return the resident memory now (MB).
+
+    The benchmark keeps the model and its AdamW states alive between recipes; this baseline shows
+    how much of a recipe's peak they are.
+    """
+    import ctypes
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back to the OS, so the peak is this recipe's
+    reset_peak_memory()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since the last reset (VmHWM), else since the process started."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_ceiling(repeats: int = 3) -> dict:
+    return {f"{dtype}_{n}": round(train.matmul_gflops(dtype, n, repeats), 1)
+            for n in (2048, 4096) for dtype in ("bfloat16", "float32")}
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    bf16: bool = True
+    loss_chunk_size: int | None = None  # None: TrainConfig's
+    optim: str | None = None  # None: TrainConfig's
+    block_size: int | None = None
+    batch_size: int | None = None
+    threads: int | None = None  # None: physical cores
+    compile: str | None = None  # None: TrainConfig's; "none", "blocks" (each transformer block) or "model"
+    naive: bool = False  # one padded article per row, the model's own loss
+    trainer: bool = False  # the whole 03_train.py Trainer step
+    note: str = ""
+
+
+def recipes(cfg: TrainConfig, with_compile: bool) -> list[Recipe]:
+    """The default recipe, its float32 twin, the naive baseline, then one lever at a time."""
+    tokens = cfg.block_size * cfg.per_device_train_batch_size
+    other_optim = "adamw_torch" if cfg.optim == "adamw_torch_fused" else "adamw_torch_fused"
+    longer, shorter = cfg.block_size * 2, max(64, cfg.block_size // 2)
+    out = [
+        Recipe("default", note="03_train.py's recipe (TrainConfig)"),
+        Recipe("float32", bf16=False, note="default without bf16 autocast"),
+        Recipe("naive", bf16=False, naive=True, loss_chunk_size=0, optim="adamw_torch", compile="none",
+               note="one article per row, padded to the longest in the batch (<= 1024 tokens), float32, "
+                    "the model's own loss, foreach AdamW, eager"),
+        Recipe("eager" if cfg.torch_compile else "compile-blocks", compile="none" if cfg.torch_compile else "blocks",
+               note="default with the torch.compile setting flipped"),
+        Recipe("model-loss", loss_chunk_size=0, note="default with the model's own loss (full float32 logits)"),
+        Recipe("chunk2048" if cfg.loss_chunk_size != 2048 else "chunk256",
+               loss_chunk_size=2048 if cfg.loss_chunk_size != 2048 else 256, note="other loss chunk size"),
+        Recipe(other_optim.replace("adamw_torch_fused", "adamw-fused").replace("adamw_torch", "adamw-foreach"),
+               optim=other_optim),
+        Recipe(f"block{longer}x{max(1, tokens // longer)}", block_size=longer, batch_size=max(1, tokens // longer),
+               note="same tokens per step, longer blocks"),
+        Recipe(f"block{shorter}x{tokens // shorter}", block_size=shorter, batch_size=tokens // shorter,
+               note="same tokens per step, shorter blocks"),
+        Recipe(f"batch{cfg.per_device_train_batch_size * 2}", batch_size=cfg.per_device_train_batch_size * 2,
+               note="twice the tokens per step"),
+        Recipe("1-thread", threads=1),
+        Recipe("trainer", trainer=True, note="default recipe through 03_train.py's PackedLMTrainer"),
+    ]
+    if with_compile:
+        out += [Recipe("compile-model", compile="model", loss_chunk_size=0,
+                       note="torch.compile of the whole model (blocks eager), its own loss")]
+    return out
+
+
+# ---------------------------------------------------------------- training steps
+
+
+def make_optimizer(model, optim: str, weight_decay: float, lr: float):
+    """AdamW as TrainingArguments.optim names it: adamw_torch (foreach) or adamw_torch_fused."""
+    import torch
+
+    kind = {"adamw_torch": {"foreach": True}, "adamw_torch_fused": {"fused": True}}[optim]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, **kind)
+
+
+class Bench:
+    """One model, the same data for every recipe, a fresh optimizer per measurement."""
+
+    def __init__(self, model_name: str, train_file: Path, cfg: TrainConfig):
+        import torch
+
+        self.cfg, self.threads = cfg, train.physical_cores()
+        torch.set_num_threads(self.threads)
+        self.tokenizer = load_tokenizer(model_name)
+        self.model = load_model(model_name)
+        self.params = count_parameters(self.model)
+        texts = [r["text"] for r in read_jsonl(require(train_file, train.PREPROCESS_STAGE))]
+        self.docs = tokenize_texts(self.tokenizer, texts)
+        config = self.model.config
+        self.max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1024)
+        self.naive_length = min(1024, self.max_positions)
+        self.optimizers: dict = {}
+        self.compiled_blocks, self.compiled_model = None, None
+
+    def blocks(self, block_size: int, n: int) -> list[list[int]]:
+        from bmwlm.modeling import pack_documents
+
+        return pack_documents(self.docs, block_size, self.tokenizer.eos_token_id)[:n]
+
+    def batches(self, r: Recipe, n: int):
+        """`n` batches for recipe `r`: (input_ids, labels or None, attention_mask or None, useful tokens)."""
+        import torch
+
+        if r.naive:
+            rows = max(1, (r.block_size or self.cfg.block_size) * (r.batch_size or self.cfg.per_device_train_batch_size)
+                       // self.naive_length)
+            out = []
+            for i in range(n):
+                docs = [d[:self.naive_length] for d in self.docs[i * rows:(i + 1) * rows]]
+                width = max(len(d) for d in docs)
+                ids = torch.full((rows, width), self.tokenizer.pad_token_id)
+                mask = torch.zeros((rows, width), dtype=torch.long)
+                for j, d in enumerate(docs):
+                    ids[j, :len(d)], mask[j, :len(d)] = torch.tensor(d), 1
+                labels = ids.masked_fill(mask == 0, -100)
+                out.append((ids, labels, mask, int(mask.sum())))
+            return out
+        bs, bsz = r.block_size or self.cfg.block_size, r.batch_size or self.cfg.per_device_train_batch_size
+        blocks = self.blocks(bs, bsz * n)
+        return [(torch.tensor(blocks[i * bsz:(i + 1) * bsz]), None, None, bs * bsz) for i in range(n)]
+
+    def optimizer(self, optim: str):
+        """One AdamW per kind, kept across recipes: its state's values do not change a step's cost."""
+        if optim not in self.optimizers:
+            self.optimizers[optim] = make_optimizer(self.model, optim, self.cfg.weight_decay, lr=1e-6)
+        return self.optimizers[optim]
+
+    def step(self, forward, optimizer, batch, bf16: bool, chunk: int) -> float:
+        import torch
+
+        ids, labels, mask, _ = batch
+        with autocast_context(bf16):
+            if labels is not None:
+                loss = forward(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
+            else:
+                loss = train.causal_lm_loss(forward, ids, chunk)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def run(self, r: Recipe, steps: int, warmup: int) -> dict:
+        """Tokens/s of `steps` timed steps after `warmup` untimed ones (new shapes, compilation)."""
+        import torch
+
+        model = self.model
+        model.train()
+        torch.set_num_threads(r.threads or self.threads)
+        chunk = self.cfg.loss_chunk_size if r.loss_chunk_size is None else r.loss_chunk_size
+        if r.trainer:
+            warmup = max(1, warmup)  # a new Trainer makes its optimizer state in its first step
+        batches = self.batches(r, warmup + steps)
+        baseline = release_memory()
+        if r.trainer:
+            self.compiled_forward(r)
+            result = self.run_trainer(r, batches, warmup)
+        else:
+            forward = self.compiled_forward(r)
+            opt = self.optimizer(r.optim or self.cfg.optim)
+            t_first = time.perf_counter()
+            for b in batches[:warmup]:
+                self.step(forward, opt, b, r.bf16, chunk)
+            first = time.perf_counter() - t_first
+            t0 = time.perf_counter()
+            losses = [self.step(forward, opt, b, r.bf16, chunk) for b in batches[warmup:]]
+            seconds = time.perf_counter() - t0
+            useful = sum(b[3] for b in batches[warmup:])
+            result = {"tokens_per_s": useful / seconds, "seconds_per_step": seconds / steps, "loss": losses[-1],
+                      "warmup_seconds": first}
+        result["peak_memory_mb"] = round(peak_memory_mb())
+        result["baseline_memory_mb"] = round(baseline)
+        torch.set_num_threads(self.threads)
+        return result
+
+    def compiled_forward(self, r: Recipe):
+        """The module to train through for recipe `r`, with each block compiled or eager as `r` asks."""
+        import torch
+
+        from bmwlm.modeling import get_blocks
+
+        want = r.compile or ("blocks" if self.cfg.torch_compile else "none")
+        blocks = get_blocks(self.model)
+        if want == "blocks" and self.compiled_blocks is None:
+            train.compile_blocks(self.model)  # compiled code is cached: switching back costs nothing
+            self.compiled_blocks = [b._compiled_call_impl for b in blocks]
+        for i, block in enumerate(blocks):
+            block._compiled_call_impl = self.compiled_blocks[i] if want == "blocks" else None
+        if want == "model":
+            if self.compiled_model is None:
+                self.compiled_model = torch.compile(self.model)
+            return self.compiled_model
+        return self.model
+
+    def run_trainer(self, r: Recipe, batches, warmup: int) -> dict:
+        """The default recipe through 03_train.py's Trainer subclass, timed per step by a callback."""
+        import tempfile
+
+        from datasets import Dataset
+        from transformers import PrinterCallback, ProgressCallback, TrainerCallback, default_data_collator
+        from transformers.trainer_utils import IntervalStrategy, SaveStrategy
+
+        class StepTimer(TrainerCallback):
+            def __init__(self):
+                self.times = []
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.times.append(time.perf_counter() - self.t0)
+
+        cfg = dataclasses.replace(self.cfg, max_steps=len(batches), learning_rate=1e-6)
+        blocks = [row.tolist() for b in batches for row in b[0]]
+        Trainer, _ = train._trainer_classes()
+        with tempfile.TemporaryDirectory() as tmp:
+            args = train.training_arguments(cfg, Path(tmp), r.bf16, resuming=True)
+            args.eval_strategy, args.save_strategy = IntervalStrategy.NO, SaveStrategy.NO
+            args.data_seed = None
+            trainer = Trainer(model=self.model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks}),
+                              data_collator=default_data_collator, loss_chunk_size=self.cfg.loss_chunk_size)
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+            timer = StepTimer()
+            trainer.add_callback(timer)
+            trainer.train()
+        # accelerate wrapped model.forward in autocast for the Trainer: undo it for the other recipes
+        self.model.__dict__.pop("forward", None)
+        self.model.__dict__.pop("_original_forward", None)
+        timed = timer.times[warmup:]
+        tokens = batches[0][3]
+        return {"tokens_per_s": tokens * len(timed) / sum(timed), "seconds_per_step": sum(timed) / len(timed),
+                "warmup_seconds": sum(timer.times[:warmup])}
+
+
+# ---------------------------------------------------------------- evaluation and generation
+
+
+def bench_eval(model, tokenizer, validation_file: Path, cfg: TrainConfig, n_blocks: int = 24) -> dict:
+    import torch
+
+    from bmwlm.modeling import pack_documents
+
+    texts = [r["text"] for r in read_jsonl(require(validation_file, train.PREPROCESS_STAGE))]
+    blocks = pack_documents(tokenize_texts(tokenizer, texts), cfg.block_size, tokenizer.eos_token_id)[:n_blocks]
+    out = {"blocks": len(blocks), "block_size": cfg.block_size}
+    for name, bf16 in (("bf16", True), ("float32", False)):
+        evaluate_nll(model, blocks[:cfg.per_device_eval_batch_size], cfg.per_device_eval_batch_size, bf16)  # warm-up
+        t0 = time.perf_counter()
+        nll, n = evaluate_nll(model, blocks, cfg.per_device_eval_batch_size, bf16)
+        seconds = time.perf_counter() - t0
+        out[name] = {"tokens_per_s": round(n / seconds, 1), "loss": round(nll / n, 4)}
+    # The same scoring with the chunked output layer + loss of 03_train.py (bf16): worth it for evaluate_nll?
+    ids = torch.tensor(blocks)
+    model.eval()
+    with torch.inference_mode(), autocast_context(True):
+        train.causal_lm_loss(model, ids[:cfg.per_device_eval_batch_size], cfg.loss_chunk_size or 512)
+        t0 = time.perf_counter()
+        total = sum(train.causal_lm_loss(model, ids[i:i + cfg.per_device_eval_batch_size], cfg.loss_chunk_size or 512)
+                    .item() for i in range(0, len(ids), cfg.per_device_eval_batch_size))
+        seconds = time.perf_counter() - t0
+    out["bf16_chunked_loss"] = {"tokens_per_s": round(ids[:, 1:].numel() / seconds, 1),
+                                "loss": round(total * cfg.per_device_eval_batch_size / len(ids), 4)}
+    return out
+
+
+def bench_generation(model, tokenizer, validation_file: Path, new_tokens: int = 48) -> dict:
+    import torch
+
+    prompt = read_jsonl(validation_file)[0]["title"]
+    ids = tokenizer(prompt, return_tensors="pt")
+    model.eval()
+    out = {"prompt_tokens": int(ids["input_ids"].shape[1]), "new_tokens": new_tokens}
+    for name, bf16 in (("float32", False), ("bf16", True)):
+        times = []
+        with torch.inference_mode(), autocast_context(bf16):
+            for _ in range(2):  # the first call meets every sequence length for the first time (slow)
+                t0 = time.perf_counter()
+                gen = model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                     use_cache=True, pad_token_id=tokenizer.pad_token_id)
+                times.append(time.perf_counter() - t0)
+        made = int(gen.shape[1] - ids["input_ids"].shape[1])
+        out[name] = {"new_tokens_per_s": round(made / times[1], 1), "first_call_new_tokens_per_s": round(made / times[0], 1)}
+    return out
+
+
+# ---------------------------------------------------------------- bf16 vs float32 loss
+
+
+def loss_check(bench: Bench, validation_file: Path, steps: int, eval_blocks: int = 24) -> dict:
+    """`steps` steps of the default recipe from the same weights and batches, bf16 autocast vs float32."""
+    import copy
+
+    from bmwlm.modeling import pack_documents
+
+    cfg = bench.cfg
+    texts = [r["text"] for r in read_jsonl(validation_file)]
+    val = pack_documents(tokenize_texts(bench.tokenizer, texts), cfg.block_size, bench.tokenizer.eos_token_id)
+    val = train.eval_subset(val, eval_blocks)
+    start = copy.deepcopy(bench.model.state_dict())
+    batches = bench.batches(Recipe("default"), steps)
+    out = {"steps": steps, "learning_rate": cfg.learning_rate, "eval_blocks": len(val)}
+    for name, bf16 in (("bf16", True), ("float32", False)):
+        bench.model.load_state_dict(start)
+        opt = make_optimizer(bench.model, cfg.optim, cfg.weight_decay, lr=cfg.learning_rate)  # constant lr
+        bench.model.train()
+        losses = [bench.step(bench.model, opt, b, bf16, cfg.loss_chunk_size) for b in batches]
+        del opt
+        nll, n = evaluate_nll(bench.model, val, cfg.per_device_eval_batch_size, bf16=False)
+        out[name] = {"train_loss_first": round(losses[0], 4), "train_loss_last_5": round(statistics.mean(losses[-5:]), 4),
+                     "eval_loss_float32_scoring": round(nll / n, 4)}
+    bench.model.load_state_dict(start)
+    nll, n = evaluate_nll(bench.model, val, cfg.per_device_eval_batch_size, bf16=False)
+    out["eval_loss_before"] = round(nll / n, 4)
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_benchmark(model: str = DEFAULT_MODEL, steps: int = 1, rounds: int = 3, train_file: Path = TRAIN_FILE,
+                  validation_file: Path = VALIDATION_FILE, out_file: Path | None = BENCHMARK_FILE,
+                  with_compile: bool = False, only: list[str] | None = None, loss_check_steps: int = 0) -> dict:
+    import torch
+
+    started = time.perf_counter()
+    cfg = TrainConfig()
+    bench = Bench(model, train_file, cfg)
+    rs = [r for r in recipes(cfg, with_compile) if (not only or r.name in only)
+          and (r.block_size or cfg.block_size) <= bench.max_positions]
+    print(f"{model}: {bench.params:,} parameters, {bench.threads} threads, torch {torch.__version__}, "
+          f"bf16 supported: {train.bf16_supported()}", flush=True)
+    ceilings = [matmul_ceiling()]
+    print("matmul GFLOP/s:", ceilings[0], flush=True)
+    runs: dict[str, list[dict]] = {r.name: [] for r in rs}
+    for rnd in range(rounds):
+        for r in rs:
+            res = bench.run(r, steps, warmup=1 if rnd == 0 else 0)
+            runs[r.name].append(res)
+            print(f"round {rnd + 1}/{rounds} {r.name:>16}: {res['tokens_per_s']:7.1f} tokens/s "
+                  f"({res['seconds_per_step']:.2f} s/step, peak {res['peak_memory_mb']:,} MB"
+                  + (f", warm-up {res['warmup_seconds']:.1f} s)" if rnd == 0 else ")"), flush=True)
+        ceilings.append(matmul_ceiling())
+    bf16_peak = statistics.median(c["bfloat16_2048"] for c in ceilings) * 1e9
+    naive = statistics.median(x["tokens_per_s"] for x in runs["naive"]) if runs.get("naive") else None
+    table = {}
+    for r in rs:
+        rate = statistics.median(x["tokens_per_s"] for x in runs[r.name])
+        table[r.name] = {
+            "tokens_per_s": round(rate, 1),
+            "tokens_per_s_all": [round(x["tokens_per_s"], 1) for x in runs[r.name]],
+            "share_of_bf16_peak": round(rate * 6 * bench.params / bf16_peak, 4),
+            "vs_naive": round(rate / naive, 2) if naive else None,
+            "peak_memory_mb": max(x["peak_memory_mb"] for x in runs[r.name]),
+            "baseline_memory_mb": min(x["baseline_memory_mb"] for x in runs[r.name]),
+            "warmup_seconds": round(runs[r.name][0]["warmup_seconds"], 1),
+            "settings": {k: v for k, v in dataclasses.asdict(r).items() if v not in (None, False, "") and k != "name"},
+        }
+    default = table.get("default", {}).get("tokens_per_s")
+    for name, row in table.items():
+        row["vs_default"] = round(row["tokens_per_s"] / default, 2) if default else None
+    result = {
+        "model": model, "parameters": bench.params, "threads": bench.threads, "steps": steps, "rounds": rounds,
+        "config": cfg.to_dict(), "versions": train.versions(), "machine": platform.processor() or platform.machine(),
+        "matmul_gflops": ceilings, "bf16_peak_gflops_used": round(bf16_peak / 1e9, 1),
+        "training": table,
+    }
+    print(f"\n{'recipe':>16} {'tokens/s':>9} {'x naive':>8} {'x default':>9} {'bf16 peak':>9} {'peak MB':>8}")
+    for name, row in table.items():
+        print(f"{name:>16} {row['tokens_per_s']:9.1f} {row['vs_naive'] or 0:8.2f} {row['vs_default'] or 0:9.2f} "
+              f"{100 * row['share_of_bf16_peak']:8.1f}% {row['peak_memory_mb']:8,}")
+    result["evaluation"] = bench_eval(bench.model, bench.tokenizer, validation_file, cfg)
+    print("evaluation:", result["evaluation"], flush=True)
+    result["generation"] = bench_generation(bench.model, bench.tokenizer, validation_file)
+    print("generation:", result["generation"], flush=True)
+    if loss_check_steps:
+        result["bf16_vs_float32"] = loss_check(bench, validation_file, loss_check_steps)
+        print("bf16 vs float32:", result["bf16_vs_float32"], flush=True)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["peak_memory_mb_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if out_file:
+        write_json(out_file, result)
+        print(f"wrote {out_file}")
+    return result
+
+
+@pytest.mark.benchmark
+def test_benchmark_training(tmp_path):
+    if not TRAIN_FILE.exists():
+        pytest.skip(f"{TRAIN_FILE} missing: run 02_preprocess.py first")
+    result = run_benchmark(steps=1, rounds=1)
+    assert result["training"]["default"]["tokens_per_s"] > 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--steps", type=int, default=1, help="timed training steps per recipe and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all recipes (median reported)")
+    p.add_argument("--train-file", type=Path, default=TRAIN_FILE)
+    p.add_argument("--validation-file", type=Path, default=VALIDATION_FILE)
+    p.add_argument("--out", type=Path, default=BENCHMARK_FILE)
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compiling)")
+    p.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
+    p.add_argument("--loss-check-steps", type=int, default=0,
+                   help="also train N steps in bf16 and in float32 from the same start and compare losses")
+    args = p.parse_args(argv)
+    run_benchmark(args.model, args.steps, args.rounds, args.train_file, args.validation_file, args.out,
+                  args.compile, args.only, args.loss_check_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
