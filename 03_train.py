@@ -46,7 +46,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,7 +58,7 @@ from bmwlm.config import (
 from bmwlm.io import MissingInputError, read_json, read_jsonl, require, setup_logging, write_json, write_jsonl
 from bmwlm.modeling import (
     ModelUnavailableError, count_parameters, evaluate_nll, get_blocks, load_model, load_tokenizer,
-    pack_documents, resolve_model, tokenize_texts,
+    pack_documents, resolve_model, save_pretrained_atomically, tokenize_texts,
 )
 
 log = logging.getLogger("train")
@@ -440,7 +439,7 @@ def _trainer_classes():
                 self.last = (tokens, seconds)
                 rate = d_tokens / d_seconds if d_seconds > 0 else 0.0
                 record = {"step": state.global_step, "epoch": epoch, "tokens": tokens,
-                          "loss": round(logs["loss"], 5), "lr": logs.get("learning_rate"),
+                          "loss": round(logs["loss"], 5), "lr": float(f"{logs.get('learning_rate', 0.0):.4g}"),
                           "seconds": round(self.stopwatch.elapsed(), 1)}
                 line = (f"step {state.global_step:>5} | loss {logs['loss']:.4f} | lr {logs.get('learning_rate', 0):.2e} | "
                         f"{rate:,.0f} tokens/s | {100 * rate * self.flops_per_token / self.peak_flops:.0f}% "
@@ -541,26 +540,6 @@ def truncate_log(path: Path, step: int) -> list[dict]:
     lines = [r for r in read_jsonl(path) if r["step"] <= step] if path.exists() else []
     write_jsonl(path, lines)
     return lines
-
-
-def save_model_atomically(model, tokenizer, out_dir: Path) -> None:
-    """save_pretrained into a temporary sibling directory, then swap it in."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def start_or_resume(run_dir: Path, settings: dict, resume: bool) -> tuple[Path | None, Stopwatch]:
@@ -668,7 +647,7 @@ def train_variant(variant: str, base_model: str, cfg: TrainConfig, *, train_file
         trainer.add_callback(cb)
 
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    save_model_atomically(trainer.model, tokenizer, run_dir / "model")
+    save_pretrained_atomically(trainer.model, tokenizer, run_dir / "model")
 
     lines = read_jsonl(log_file)
     evals = [r for r in lines if "eval_loss" in r]

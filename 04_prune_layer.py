@@ -45,10 +45,7 @@ import argparse
 import contextlib
 import copy
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -66,6 +63,7 @@ from bmwlm.io import MissingInputError, read_jsonl, require, setup_logging, writ
 from bmwlm.modeling import (
     ModelUnavailableError,
     count_parameters,
+    save_pretrained_atomically,
     evaluate_nll,
     get_blocks,
     load_model,
@@ -235,22 +233,6 @@ def without_block(model, index: int):
 
 # --------------------------------------------------------------------------- writing
 
-def save_model_atomically(model, tokenizer, out_dir: Path) -> Path:
-    """save_pretrained model + tokenizer into a temporary sibling directory, then rename it."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared directory
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out_dir
-
 
 def display_path(path: str | Path) -> str:
     """Paths inside the repository relative to its root, as in docs/records.md; others absolute
@@ -363,7 +345,7 @@ def run(args: argparse.Namespace) -> dict:
 
     params_after = count_parameters(pruned)
     out_dir = Path(args.out_models_dir) / f"{model_slug(args.model)}-minus-block{chosen}"
-    save_model_atomically(pruned, tokenizer, out_dir)
+    save_pretrained_atomically(pruned, tokenizer, out_dir)
     log.info("removed block %d (%s): %d -> %d blocks, %d -> %d parameters (-%.1f%%); wrote %s",
              chosen, selection, n_blocks, len(get_blocks(pruned)), params_before, params_after,
              100 * (params_before - params_after) / params_before, out_dir)

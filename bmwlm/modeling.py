@@ -43,6 +43,32 @@ def packaged_gguf_path() -> Path:
     return path
 
 
+def save_pretrained_atomically(model, tokenizer, out_dir: Path) -> Path:
+    """`save_pretrained` model + tokenizer into a temporary sibling directory, then swap it in.
+
+    A reader (or an interrupted run) never sees a half-written model directory.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes the folder private; the model is an ordinary output
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
 def convert_packaged_model(out_dir: Path) -> Path:
     """De-quantise the packaged GGUF to float32 and save it with `save_pretrained` (about 15 s, once).
 
@@ -60,18 +86,7 @@ def convert_packaged_model(out_dir: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = DEFAULT_MODEL_DIRNAME
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes the folder private; the model is an ordinary output
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    save_pretrained_atomically(model, tokenizer, out_dir)
     return out_dir
 
 

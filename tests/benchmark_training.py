@@ -159,10 +159,10 @@ def make_optimizer(model, optim: str, weight_decay: float, lr: float):
 class Bench:
     """One model, the same data for every recipe, a fresh optimizer per measurement."""
 
-    def __init__(self, model_name: str, train_file: Path, cfg: TrainConfig):
+    def __init__(self, model_name: str, train_file: Path, cfg: TrainConfig, threads: int | None = None):
         import torch
 
-        self.cfg, self.threads = cfg, train.physical_cores()
+        self.cfg, self.threads = cfg, threads or train.physical_cores()
         torch.set_num_threads(self.threads)
         self.tokenizer = load_tokenizer(model_name)
         self.model = load_model(model_name)
@@ -403,14 +403,16 @@ def loss_check(bench: Bench, validation_file: Path, steps: int, eval_blocks: int
 
 def run_benchmark(model: str = DEFAULT_MODEL, steps: int = 1, rounds: int = 3, train_file: Path = TRAIN_FILE,
                   validation_file: Path = VALIDATION_FILE, out_file: Path | None = BENCHMARK_FILE,
-                  with_compile: bool = False, only: list[str] | None = None, loss_check_steps: int = 0) -> dict:
+                  with_compile: bool = False, only: list[str] | None = None, loss_check_steps: int = 0,
+                  threads: int | None = None) -> dict:
     import torch
 
     started = time.perf_counter()
     cfg = TrainConfig()
-    bench = Bench(model, train_file, cfg)
+    bench = Bench(model, train_file, cfg, threads)
     rs = [r for r in recipes(cfg, with_compile) if (not only or r.name in only)
-          and (r.block_size or cfg.block_size) <= bench.max_positions]
+          and (r.block_size or cfg.block_size) <= bench.max_positions
+          and (r.threads or bench.threads) <= bench.threads and not (r.threads and bench.threads == 1)]
     print(f"{model}: {bench.params:,} parameters, {bench.threads} threads, torch {torch.__version__}, "
           f"bf16 supported: {train.bf16_supported()}", flush=True)
     ceilings = [matmul_ceiling()]
@@ -485,11 +487,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=BENCHMARK_FILE)
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compiling)")
     p.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for everything (default: physical cores); 1 keeps numbers stable while "
+                        "another job holds a core")
     p.add_argument("--loss-check-steps", type=int, default=0,
                    help="also train N steps in bf16 and in float32 from the same start and compare losses")
     args = p.parse_args(argv)
     run_benchmark(args.model, args.steps, args.rounds, args.train_file, args.validation_file, args.out,
-                  args.compile, args.only, args.loss_check_steps)
+                  args.compile, args.only, args.loss_check_steps, args.threads)
     return 0
 
 
