@@ -45,7 +45,8 @@ def pipeline_run(tmp_path_factory, shared_corpus, tiny_llama_dir):
     run_stage("02_preprocess.py", "--tokenizer", tiny, env=env)
     run_stage("04_prune_layer.py", "--model", tiny, "--max-eval-tokens", "2048", "--block-size", "64", env=env)
     train_args = ["--model", tiny, "--max-steps", "6", "--eval-steps", "3", "--save-steps", "3",
-                  "--logging-steps", "1", "--block-size", "64", "--per-device-train-batch-size", "4"]
+                  "--logging-steps", "1", "--block-size", "64", "--per-device-train-batch-size", "4",
+                  "--no-torch-compile", "--threads", "1"]
     run_stage("03_train.py", "--variant", "full", *train_args, env=env)
     run_stage("03_train.py", "--variant", "pruned", *train_args, env=env)
     run_stage("05_evaluate.py", "--base-model", tiny, "--block-size", "64", "--cloze-max", "20",
