@@ -60,7 +60,7 @@ from typing import Sequence
 from bmwlm.config import (
     BLOCK_IMPORTANCE_FILE, DEFAULT_MODEL, ROOT, RUNS_DIR, TRAIN_FILE, VALIDATION_FILE, WORK_DIR, TrainConfig,
 )
-from bmwlm.io import MissingInputError, read_json, read_jsonl, require, setup_logging, write_json, write_jsonl
+from bmwlm.io import MissingInputError, display_path, read_json, read_jsonl, require, setup_logging, write_json, write_jsonl
 from bmwlm.modeling import (
     ModelUnavailableError, count_parameters, evaluate_nll, get_blocks, load_model, load_tokenizer,
     pack_documents, resolve_model, save_pretrained_atomically, tokenize_texts,
@@ -466,16 +466,6 @@ def _trainer_classes():
                 self.bar.close()
 
     return PackedLMTrainer, JsonlLogCallback
-
-
-def display_path(path: str | Path) -> str:
-    """Paths inside the work tree relative to it (as in docs/records.md), others as given."""
-    for base in (WORK_DIR, ROOT):
-        try:
-            return str(Path(path).resolve().relative_to(base))
-        except ValueError:
-            continue
-    return str(path)
 
 
 def json_line(record: dict) -> str:

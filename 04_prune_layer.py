@@ -55,11 +55,10 @@ from bmwlm.config import (
     DEFAULT_MODEL,
     MODELS_DIR,
     PRUNE_DIR,
-    ROOT,
     VALIDATION_FILE,
     TrainConfig,
 )
-from bmwlm.io import MissingInputError, read_jsonl, require, setup_logging, write_json
+from bmwlm.io import MissingInputError, display_path, read_jsonl, require, setup_logging, write_json
 from bmwlm.modeling import (
     ModelUnavailableError,
     count_parameters,
@@ -232,18 +231,6 @@ def without_block(model, index: int):
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def display_path(path: str | Path) -> str:
-    """Paths inside the repository relative to its root, as in docs/records.md; others absolute
-    (e.g. under a BMWLM_WORKDIR elsewhere, so any reader finds them whatever its cwd); hub ids as given."""
-    p = Path(path)
-    if not p.exists():
-        return str(path)
-    try:
-        return str(p.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(p.resolve())
 
 
 # --------------------------------------------------------------------------- command line

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from bmwlm.config import PRODUCED_BY
+from bmwlm.config import PRODUCED_BY, ROOT
 
 
 class MissingInputError(FileNotFoundError):
@@ -23,6 +23,19 @@ def require(path: Path | str, stage: str | None = None) -> Path:
         hint = f"; run {maker} first" if maker else ""
         raise MissingInputError(f"missing input {path}{hint}")
     return path
+
+
+def display_path(path: Path | str) -> str:
+    """How records name a path: relative to the repository root when inside it (as in
+    docs/records.md), absolute otherwise (e.g. under a BMWLM_WORKDIR elsewhere, so any reader
+    finds it whatever its cwd); strings that are not existing paths (hub ids) as given."""
+    p = Path(path)
+    if not p.exists():
+        return str(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p.resolve())
 
 
 def read_jsonl(path: Path | str) -> list[dict]:
