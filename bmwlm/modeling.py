@@ -6,19 +6,34 @@
 - `get_blocks` / `remove_block` work for GPT-2 (`transformer.h`) and Llama-style models
   (`model.layers`) alike, and keep the config and every attention module's `layer_idx`
   consistent so the KV cache, `save_pretrained` and reloading keep working.
-- `pack_documents` is the one definition of how documents become fixed-length training blocks.
+- `evaluate_nll` is the one token-weighted validation loss (training curves, block scores, perplexity).
+- `compile_blocks` compiles each block in place for training.
+- Packing and token windows live in `bmwlm.windows`.
+
+torch and transformers are imported here at module level: a stage script imports this module after
+parsing its arguments, so that `--help` stays fast.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
+
+import torch
+import torch._dynamo
+from huggingface_hub import constants, try_to_load_from_cache
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from bmwlm.config import DEFAULT_MODEL, MODELS_DIR, SMOLLM2_GGUF, SMOLLM2_PACKAGE
+from bmwlm.hardware import autocast, autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +85,10 @@ def save_pretrained_atomically(model, tokenizer, out_dir: Path) -> Path:
 
 
 def convert_packaged_model(out_dir: Path) -> Path:
-    """De-quantise the packaged GGUF to float32 and save it with `save_pretrained` (about 15 s, once).
+    """De-quantise the packaged GGUF to float32 and save it with `save_pretrained` (slow: done once).
 
     Written to a temporary directory and renamed, so an interrupted conversion leaves nothing behind.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
     gguf = packaged_gguf_path()
     log.info("converting packaged %s to %s (once)", gguf.name, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -113,13 +126,8 @@ def resolve_model(name_or_path: str | os.PathLike, models_dir: Path = MODELS_DIR
 def hub_model_reachable(repo_id: str, timeout: float = 3.0) -> bool:
     """True if `repo_id` is in the local Hugging Face cache or the hub answers within `timeout` seconds.
 
-    Without this check an unreachable hub costs ~50 s of retries inside huggingface_hub before failing.
+    Without this check an unreachable hub costs a long series of retries inside huggingface_hub before failing.
     """
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
     try:
         if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
             return True
@@ -151,8 +159,6 @@ def _hub_error(name: str, exc: Exception) -> ModelUnavailableError:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
-    from transformers import AutoTokenizer
-
     target = resolve_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
@@ -165,9 +171,6 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 def load_model(name_or_path: str | os.PathLike, dtype=None):
     """Load a causal LM in float32 (training uses bf16 autocast, not bf16 weights)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     target = resolve_model(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(target, dtype=dtype or torch.float32)
@@ -203,11 +206,23 @@ def count_parameters(model) -> int:
     return total
 
 
+REMOVED_KEY = "removed_blocks"  # config.json: blocks of the original model that were deleted
+ORIGIN_KEY = "block_origin"  # config.json: the original index of each remaining block
+
+
+def removed_blocks(config) -> list[int]:
+    """The original indices of the blocks deleted from a model (empty for an intact model)."""
+    return list(getattr(config, REMOVED_KEY, None) or [])
+
+
 def remove_block(model, index: int):
     """Delete transformer block `index` in place and fix everything that counts blocks.
 
     Fixes the config (`num_hidden_layers` / `n_layer`, `layer_types`) and renumbers each remaining
-    block's `layer_idx` (used by the KV cache). Returns the model.
+    block's `layer_idx` (used by the KV cache). The config also records which blocks of the original
+    model are gone (`removed_blocks`, in the original numbering, however many removals came before);
+    `save_pretrained` keeps it in config.json, so a pruned model, and any model fine-tuned from it,
+    says what it was cut from. Returns the model.
     """
     blocks = get_blocks(model)
     n = len(blocks)
@@ -218,6 +233,9 @@ def remove_block(model, index: int):
     index %= n
     del blocks[index]
     cfg = model.config
+    origin = list(getattr(cfg, ORIGIN_KEY, None) or range(n))  # original index of each current block
+    setattr(cfg, REMOVED_KEY, sorted([*(getattr(cfg, REMOVED_KEY, None) or []), origin.pop(index)]))
+    setattr(cfg, ORIGIN_KEY, origin)
     for key in ("num_hidden_layers", "n_layer"):
         if hasattr(cfg, key) and getattr(cfg, key) is not None:
             setattr(cfg, key, n - 1)
@@ -231,61 +249,48 @@ def remove_block(model, index: int):
     return model
 
 
-def pack_documents(
-    docs: Sequence[Sequence[int]], block_size: int, eos_id: int, keep_tail: bool = False
-) -> list[list[int]]:
-    """Concatenate token lists, each followed by EOS, and cut into `block_size` blocks.
+def model_device(model) -> torch.device:
+    """The device a model's weights are on (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
-    No padding: for training the final partial block is dropped; evaluation passes
-    `keep_tail=True` so every validation token is scored. A block crosses a document border only
-    right after an EOS token, so the model learns where an article ends.
+
+def autocast_context(bf16: bool, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    """Low-precision autocast on `device` when `bf16` is set (weights stay float32), else a no-op context.
+
+    `device`: where the forward passes run, the CPU when not given (as before). `dtype`: the autocast
+    dtype; by default bfloat16 on the CPU (the caller has decided that the CPU should use it) and
+    `bmwlm.hardware.autocast_dtype(device)` elsewhere: bfloat16 on GPUs that have it, float16 on older
+    GPUs and MPS.
     """
-    stream: list[int] = []
-    for doc in docs:
-        stream.extend(doc)
-        stream.append(eos_id)
-    blocks = [stream[i:i + block_size] for i in range(0, len(stream), block_size)]
-    if blocks and len(blocks[-1]) < block_size and not keep_tail:
-        blocks.pop()
-    return [b for b in blocks if len(b) >= 2 or not keep_tail]
-
-
-def tokenize_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens (packing adds the EOS separators)."""
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
-def autocast_context(bf16: bool):
-    """bfloat16 autocast on CPU when asked for (weights stay float32), else a no-op context."""
-    import contextlib
-
-    import torch
-
-    if bf16:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if not bf16:
+        return contextlib.nullcontext()
+    device = torch.device(device if device is not None else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cpu" else autocast_dtype(device)
+    return autocast(device, dtype)
 
 
 def evaluate_nll(model, blocks: Sequence[Sequence[int]], batch_size: int = 8, bf16: bool = True,
-                 progress: bool = False) -> tuple[float, int]:
+                 progress: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> tuple[float, int]:
     """Summed next-token negative log-likelihood and the number of predicted tokens.
 
     Every block is scored on its own (no context from the previous block), each token after the
     first of a block is predicted once, so `nll / n` is the token-weighted mean loss and
     `exp(nll / n)` the perplexity. Blocks of equal length are batched together.
+    `device`: where the model is (default: the device of its weights); the inputs go there and
+    `bf16` / `dtype` choose the autocast as in `autocast_context`.
     """
-    import torch
-    from tqdm.auto import tqdm
-
+    device = torch.device(device) if device is not None else model_device(model)
     model.eval()
     by_len: dict[int, list[Sequence[int]]] = {}
     for b in blocks:
         by_len.setdefault(len(b), []).append(b)
     total, count = 0.0, 0
     batches = [(L, group[i:i + batch_size]) for L, group in by_len.items() for i in range(0, len(group), batch_size)]
-    with torch.inference_mode(), autocast_context(bf16):
+    with torch.inference_mode(), autocast_context(bf16, device, dtype):
         for _, batch in tqdm(batches, desc="eval", disable=not progress, leave=False):
-            ids = torch.tensor(batch, dtype=torch.long)
+            ids = torch.tensor(batch, dtype=torch.long, device=device)
             logits = model(input_ids=ids).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum"
@@ -293,3 +298,19 @@ def evaluate_nll(model, blocks: Sequence[Sequence[int]], batch_size: int = 8, bf
             total += nll.item()
             count += ids[:, 1:].numel()
     return total, count
+
+
+def compile_blocks(model) -> bool:
+    """torch.compile each transformer block in place (regional compilation); False if it cannot.
+
+    All blocks share one compiled graph, so compiling takes seconds, not minutes, and parameter names
+    (save_pretrained, checkpoints) do not change. Inductor needs a C++ compiler; without one, or if
+    compiling fails, the blocks run eagerly (dynamo's suppress_errors).
+    """
+    if not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+        log.warning("no C++ compiler found: training without torch.compile")
+        return False
+    torch._dynamo.config.suppress_errors = True
+    for block in get_blocks(model):
+        block.compile()
+    return True

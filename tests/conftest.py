@@ -1,4 +1,4 @@
-"""Shared test fixtures: import numbered scripts, tiny random models, the shared corpus path."""
+"""Shared test fixtures: tiny random models, the shared corpus and its processed splits."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,23 +14,31 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def load_script(name: str):
-    """Import a numbered stage script (e.g. "01_scrape") as a module."""
-    key = f"stage_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def shared_corpus() -> Path:
     if not SHARED_CORPUS.exists():
         pytest.skip(f"shared corpus not found at {SHARED_CORPUS}")
     return SHARED_CORPUS
+
+
+@pytest.fixture(scope="session")
+def processed_corpus(tmp_path_factory, shared_corpus) -> Path:
+    """The processed splits of the whole shared corpus, made as a user makes them: the real
+    01_scrape.py against the stand-in server, then the real 02_preprocess.py (default settings),
+    in a temporary BMWLM_WORKDIR. Returns the folder holding train.jsonl and validation.jsonl."""
+    import os
+    import subprocess
+
+    from tests.standin_server import StandinServer
+
+    work = tmp_path_factory.mktemp("processed-corpus")
+    env = {**os.environ, "BMWLM_WORKDIR": str(work), "HF_HUB_OFFLINE": "1"}
+    with StandinServer.from_jsonl(shared_corpus) as server:
+        for args in (["01_scrape.py", "--base-url", server.base_url, "--delay", "0"], ["02_preprocess.py"]):
+            proc = subprocess.run([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stderr[-3000:]}"
+    return work / "data" / "processed"
 
 
 @pytest.fixture(scope="session")

@@ -183,6 +183,7 @@ class StandinServer:
         self.requests: Counter[str] = Counter()
         self.log: list[tuple[str, int]] = []
         self._lock = threading.Lock()
+        self.stopping = threading.Event()  # set by stop(): handlers that hold a connection let go
         self._httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
@@ -211,11 +212,13 @@ class StandinServer:
             self.log.clear()
 
     def start(self) -> "StandinServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="standin", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="standin", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -329,6 +332,50 @@ class StandinServer:
 </body></html>
 """
 
+    # ---- answers -----------------------------------------------------------------------------
+    def intercept(self, handler, target: str, path: str) -> bool:
+        """A hook for servers built on this one (tests/hostile_server.py): answer the request
+        through `handler` yourself and return True, or return False for the normal answer."""
+        return False
+
+    def answer(self, target: str, headers) -> tuple[int, str, str, dict]:
+        """(status, body, content type, extra headers) for one GET of `target` (path?query);
+        `headers` are the request's (anything with a case-insensitive `.get`)."""
+        parts = urlsplit(target)
+        path = parts.path
+        faults = self.faults
+        base = self._links_base(headers.get("Host"))
+        html_type = "text/html; charset=utf-8"
+        if faults.take(faults.slow, target, path):
+            time.sleep(faults.slow_seconds)
+        status = faults.take(faults.status, target, path)
+        if status is None and faults.forbid_all and path != "/robots.txt":
+            status = 403
+        if status:
+            extra = {"Retry-After": faults.retry_after} if status in (429, 503) and faults.retry_after else {}
+            return status, html_page(f"Error {status}", "Please try again later."), html_type, extra
+        if path == "/robots.txt":
+            return 200, self.robots(base), "text/plain; charset=utf-8", {}
+        match = FEED_RE.match(path)
+        if match:
+            kind, topic = match.groups()
+            try:
+                page = int(parse_qs(parts.query).get("page", ["1"])[0])
+            except ValueError:
+                page = 1
+            malformed = bool(faults.take(faults.malformed, target, path))
+            text = self.feed(kind, topic, page, base, malformed)
+            if text is None:  # like the live site: past the last page comes an HTML page
+                return 200, html_page("BMW Group PressClub", "No further entries."), html_type, {}
+            return 200, text, "application/rss+xml; charset=utf-8", {}
+        match = DETAIL_RE.match(path)
+        if match and match.group(1) in self.by_id:
+            us_english = headers.get("Accept-Language", "").lower().startswith("en-us")
+            return 200, self.detail(self.by_id[match.group(1)], us_english), html_type, {}
+        if path in ("/", "/global", "/global/"):
+            return 200, html_page("BMW Group PressClub Global", "Latest news."), html_type, {}
+        return 404, html_page("Page not found", "The page does not exist."), html_type, {}
+
     def robots(self, base: str) -> str:
         lines = ["User-agent: *"]
         lines += [f"Disallow: {p}" for p in self.faults.robots_disallow] or ["Allow: /"]
@@ -357,8 +404,8 @@ def _make_handler(app: StandinServer):
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout test)
 
-        def _send(self, status: int, body: str, ctype: str, headers: dict | None = None):
-            data = body.encode("utf-8")
+        def send(self, status: int, body: str | bytes, ctype: str, headers: dict | None = None):
+            data = body.encode("utf-8") if isinstance(body, str) else body
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
@@ -371,47 +418,11 @@ def _make_handler(app: StandinServer):
 
         def _handle(self):
             parts = urlsplit(self.path)
-            path = parts.path
-            target = path + (f"?{parts.query}" if parts.query else "")
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
             with app._lock:
                 app.requests[target] += 1
-            faults = app.faults
-            base = app._links_base(self.headers.get("Host"))
-
-            if faults.take(faults.slow, target, path):
-                time.sleep(faults.slow_seconds)
-            status = faults.take(faults.status, target, path)
-            if status is None and faults.forbid_all and path != "/robots.txt":
-                status = 403
-            if status:
-                headers = {"Retry-After": faults.retry_after} if status in (429, 503) and faults.retry_after else {}
-                return self._send(status, html_page(f"Error {status}", "Please try again later."),
-                                  "text/html; charset=utf-8", headers)
-
-            if path == "/robots.txt":
-                return self._send(200, app.robots(base), "text/plain; charset=utf-8")
-            match = FEED_RE.match(path)
-            if match:
-                kind, topic = match.groups()
-                try:
-                    page = int(parse_qs(parts.query).get("page", ["1"])[0])
-                except ValueError:
-                    page = 1
-                malformed = bool(faults.take(faults.malformed, target, path))
-                text = app.feed(kind, topic, page, base, malformed)
-                if text is None:  # like the live site: past the last page comes an HTML page
-                    return self._send(200, html_page("BMW Group PressClub", "No further entries."),
-                                      "text/html; charset=utf-8")
-                return self._send(200, text, "application/rss+xml; charset=utf-8")
-            match = DETAIL_RE.match(path)
-            if match and match.group(1) in app.by_id:
-                us_english = self.headers.get("Accept-Language", "").lower().startswith("en-us")
-                return self._send(200, app.detail(app.by_id[match.group(1)], us_english), "text/html; charset=utf-8")
-            if path in ("/", "/global", "/global/"):
-                return self._send(200, html_page("BMW Group PressClub Global", "Latest news."),
-                                  "text/html; charset=utf-8")
-            return self._send(404, html_page("Page not found", "The page does not exist."),
-                              "text/html; charset=utf-8")
+            if not app.intercept(self, target, parts.path):
+                self.send(*app.answer(target, self.headers))
 
     return Handler
 

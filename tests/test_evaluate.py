@@ -1,24 +1,33 @@
-"""05_evaluate.py: the perplexity metric, option scoring, the Q&A set, the cloze set and a CLI run on tiny models."""
+"""Stage 05 (bmwlm.evaluate, 05_evaluate.py): the perplexity metric, option scoring, the Q&A set, the
+cloze set, a real run of the script on tiny models, and the real 06 report built from its output.
+(tests/test_evaluate_controls.py: per-article losses, the scoring controls, precision, answers, speed.)"""
 import json
-import logging
 import math
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from bmwlm.modeling import load_model, load_tokenizer, pack_documents, remove_block, tokenize_texts
-from conftest import ROOT, load_script
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ev = load_script("05_evaluate")
-
-QA_FILE = ROOT / "data" / "qa" / "bmw_qa.jsonl"
+from bmwlm import qaset
+from bmwlm.config import MODEL_KEYS, QA_FILE
+from bmwlm.evaluate import choice, cloze, models, perplexity, qa, runner
+from bmwlm.evaluate.data import load_eval_data
+from bmwlm.evaluate.generation import GENERATION_PROMPTS, REPETITION_PENALTY
+from bmwlm.evaluate.qa import ChoiceItem
+from bmwlm.modeling import load_model, load_tokenizer, remove_block
+from bmwlm.records.evaluation import Generation, Metrics, QAPrediction
+from bmwlm.records.prune import BlockImportance, BlockScore, RemovalResult
+from bmwlm.records.training import RunSummary
+from bmwlm.windows import predicted_tokens, text_windows
+from conftest import ROOT
 
 ARTICLES = [
     {"id": "V1", "title": "Plant Debrecen starts production",
@@ -46,13 +55,29 @@ ARTICLES = [
              "During the four rounds this year more than 58,000 spectators came. "
              "After a flawless final round the trophy was lifted by Daniel Brown."},
 ]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-# ---------------------------------------------------------------- perplexity metric
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The in-process model tests run on one torch thread, as the script runs below with --threads 1
+    (two threads on a shared 2-core machine mostly wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_script(script: str, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=ENV, timeout=timeout)
+
+
+# ---------------------------------------------------------------- perplexity
 
 
 def test_perplexity_metric_of_uniform_predictions_is_the_vocabulary_size():
-    metric = ev.load_perplexity_metric()
+    metric = perplexity.load_perplexity_metric()
     V = 50
     out = metric.compute(nll=[255 * math.log(V), 9 * math.log(V)], tokens=[255, 9])
     assert out["perplexity"] == pytest.approx(V)
@@ -60,7 +85,7 @@ def test_perplexity_metric_of_uniform_predictions_is_the_vocabulary_size():
 
 
 def test_perplexity_metric_weights_windows_by_tokens_not_by_window():
-    metric = ev.load_perplexity_metric()
+    metric = perplexity.load_perplexity_metric()
     out = metric.compute(nll=[10.0, 2.0], tokens=[4, 1])
     assert out["loss"] == pytest.approx(12.0 / 5)          # token-weighted, not (2.5 + 2.0) / 2
     assert out["perplexity"] == pytest.approx(math.exp(2.4))
@@ -69,35 +94,38 @@ def test_perplexity_metric_weights_windows_by_tokens_not_by_window():
 
 
 class UniformLM(torch.nn.Module):
-    """Predicts every token with probability 1/V."""
+    """Predicts every token with probability 1/V (no cache: the scorer appends the options instead)."""
 
     def __init__(self, vocab: int):
         super().__init__()
         self.vocab = vocab
         self.config = SimpleNamespace(max_position_embeddings=512)
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, **kwargs):
         return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab))
 
 
-def test_perplexity_of_a_uniform_model_over_packed_windows_is_the_vocabulary_size():
-    V = 37
-    blocks = pack_documents([[1, 2, 3] * 7, [4, 5] * 9, [6] * 5], block_size=16, eos_id=0, keep_tail=True)
-    res = ev.perplexity_of_blocks(UniformLM(V), blocks, batch_size=2, bf16=False)
-    assert res["perplexity"] == pytest.approx(V, rel=1e-5)
-    stream = 21 + 18 + 5 + 3
-    assert res["tokens"] == stream - len(blocks)  # every token but the first of each window is predicted once
-    assert res["windows"] == len(blocks) and res["tokens_per_s"] > 0
-
-
-def test_validation_windows_are_packed_like_training_and_keep_the_tail(tiny_gpt2_dir):
-    tok = load_tokenizer(tiny_gpt2_dir)
+def test_perplexity_of_a_uniform_model_over_packed_articles_is_the_vocabulary_size(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir)
     texts = [a["text"] for a in ARTICLES]
-    blocks = ev.documents_to_blocks(tok, texts, block_size=32)
-    assert blocks == pack_documents(tokenize_texts(tok, texts), 32, tok.eos_token_id, keep_tail=True)
-    assert sum(len(b) for b in blocks) == sum(len(d) + 1 for d in tokenize_texts(tok, texts))
-    sliced = ev.first_tokens(blocks, 40)
-    assert sum(len(b) - 1 for b in sliced) == 40
+    res = perplexity.score_articles(UniformLM(len(tok)), tok, texts, [a["id"] for a in ARTICLES], 16, bf16=False,
+                                    n_resamples=100)
+    assert res.perplexity == pytest.approx(len(tok), rel=1e-5)
+    assert res.ci95 == pytest.approx([len(tok), len(tok)], rel=1e-5)  # every article has the same loss per token
+    windows = text_windows(tok, texts, 16)
+    assert res.tokens == predicted_tokens(windows) and res.windows == len(windows) and res.articles == 6
+    assert res.precision == "float32" and res.tokens_per_s > 0
+
+
+def test_one_metric_module_serves_several_models_each_counted_from_zero(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir)
+    metric = perplexity.load_perplexity_metric()
+    texts, ids = [ARTICLES[0]["text"]], ["V1"]
+    V = len(tok)
+    first = perplexity.score_articles(UniformLM(V), tok, texts, ids, 8, bf16=False, metric=metric, n_resamples=10)
+    second = perplexity.score_articles(UniformLM(2 * V), tok, texts, ids, 8, bf16=False, metric=metric, n_resamples=10)
+    assert first.tokens == second.tokens == predicted_tokens(text_windows(tok, texts, 8))
+    assert second.perplexity == pytest.approx(2 * V, rel=1e-5)
 
 
 # ---------------------------------------------------------------- option scoring
@@ -105,8 +133,8 @@ def test_validation_windows_are_packed_like_training_and_keep_the_tail(tiny_gpt2
 
 def test_option_scores_equal_the_log_probs_of_the_option_tokens_after_the_prompt(tiny_gpt2_dir):
     model, tok = load_model(tiny_gpt2_dir).eval(), load_tokenizer(tiny_gpt2_dir)
-    prompt, options = ev.qa_prompt("Where is the new plant in Hungary?"), ["Debrecen", "Leipzig", "Munich", "Steyr Plant"]
-    scores = ev.score_options(model, tok, prompt, options)
+    prompt, options = qa.qa_prompt("Where is the new plant in Hungary?"), ["Debrecen", "Leipzig", "Munich", "Steyr Plant"]
+    scores = choice.score_options(model, tok, prompt, options)
     ctx = tok(prompt, add_special_tokens=False)["input_ids"]
     for opt, s in zip(options, scores):
         cont = tok(" " + opt, add_special_tokens=False)["input_ids"]
@@ -120,12 +148,14 @@ def test_option_scores_equal_the_log_probs_of_the_option_tokens_after_the_prompt
 
 def test_batched_item_scoring_matches_one_item_at_a_time(tiny_llama_dir):
     model, tok = load_model(tiny_llama_dir).eval(), load_tokenizer(tiny_llama_dir)
-    items = [{"id": "q1", "question": "Who?", "options": ["Anna", "Ben Smith Jones", "C", "Dora"], "answer": "A"},
-             {"id": "q2", "question": "Which year did it start?", "options": ["1975", "2019", "2002", "1990"], "answer": "B"}]
-    batched = ev.score_items(model, tok, items, batch_size=3, bf16=False)
-    for it, got in zip(items, batched):
-        single = ev.score_options(model, tok, ev.qa_prompt(it["question"]), it["options"])
+    items = [ChoiceItem("q1", "Who?", ["Anna", "Ben Smith Jones", "C", "Dora"], "A"),
+             ChoiceItem("q2", "Which year did it start?", ["1975", "2019", "2002", "1990"], "B")]
+    own, neutral = choice.score_items(model, tok, items, bf16=False)
+    for it, got, prior in zip(items, own, neutral):
+        single = choice.score_options(model, tok, qa.qa_prompt(it.question), it.options)
         assert [g["sum"] for g in got] == pytest.approx([s["sum"] for s in single], abs=1e-4)
+        alone = choice.score_options(model, tok, choice.NEUTRAL_PROMPT, it.options)
+        assert [g["sum"] for g in prior] == pytest.approx([s["sum"] for s in alone], abs=1e-4)
 
 
 class PreferTokensLM(UniformLM):
@@ -135,247 +165,356 @@ class PreferTokensLM(UniformLM):
         super().__init__(vocab)
         self.favoured = torch.tensor(sorted(favoured))
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, **kwargs):
         logits = torch.zeros(*input_ids.shape, self.vocab)
         logits[..., self.favoured] = 5.0
         return SimpleNamespace(logits=logits)
 
 
-def _qa_items(n=12):
+def _qa_items(n=12) -> list[ChoiceItem]:
     items = []
     for i in range(n):
         pos = i % 4
         options = [f"option{i}x{j}" for j in range(3)]
         options.insert(pos, f"right{i}")
-        items.append({"id": f"q{i}", "question": f"Question number {i}?", "options": options,
-                      "answer": "ABCD"[pos], "split": "train" if i % 3 else "validation"})
+        items.append(ChoiceItem(f"q{i}", f"Question number {i}?", options, "ABCD"[pos],
+                                split="train" if i % 3 else "validation", seen_in_train=i % 3 == 0,
+                                answer_type="person", key_terms=["number"]))
     return items
 
 
 def test_a_model_that_prefers_the_right_answers_scores_100_percent(tiny_gpt2_dir):
     tok = load_tokenizer(tiny_gpt2_dir)
     items = _qa_items()
+
     def token_ids(option):
         return set(tok(" " + option, add_special_tokens=False)["input_ids"])
-    right = set().union(*(token_ids(it["options"]["ABCD".index(it["answer"])]) for it in items))
-    wrong = set().union(*(token_ids(o) for it in items for k, o in enumerate(it["options"]) if "ABCD"[k] != it["answer"]))
+    right = set().union(*(token_ids(it.options[it.answer_index]) for it in items))
+    wrong = set().union(*(token_ids(o) for it in items for k, o in enumerate(it.options) if k != it.answer_index))
     model = PreferTokensLM(len(tok), right - wrong)
-    scores = ev.score_items(model, tok, items, bf16=False)
-    summary, records = ev.evaluate_choices(items, scores, set_name="qa", model_key="base", by_split=True)
-    assert summary["accuracy"] == 1.0 and all(r["correct"] for r in records)
-    assert summary["by_split"]["train"]["n"] + summary["by_split"]["validation"]["n"] == len(items)
-    assert summary["chance"] == 0.25
+    own, neutral = choice.score_items(model, tok, items, bf16=False)
+    summary, records = choice.evaluate_choices(items, own, neutral, set_name="qa", model_key="base",
+                                               precision="float32")
+    assert summary.accuracy == 1.0 and all(r.correct["normalised"] for r in records)
+    assert summary.methods["prior_only"].accuracy.value == 1.0  # the preference needs no question
+    norm = summary.methods["normalised"]
+    assert (norm.seen.n, norm.unseen.n) == (4, 8) and norm.accuracy.unit == "item"
+    assert summary.uniform_guess == 0.25
 
 
 def test_accuracy_is_zero_for_a_reversed_scorer_and_near_chance_for_a_random_one():
     items = _qa_items(400)
+
     def scores(fn):
         return [[{"sum": fn(it, k), "mean": fn(it, k), "tokens": 1} for k in range(4)] for it in items]
-    reversed_, _ = ev.evaluate_choices(items, scores(lambda it, k: -1.0 if "ABCD"[k] == it["answer"] else 0.0),
-                                       set_name="qa", model_key="m")
-    assert reversed_["accuracy"] == 0.0
+    reversed_scores = scores(lambda it, k: -1.0 if k == it.answer_index else 0.0)
+    reversed_, _ = choice.evaluate_choices(items, reversed_scores, reversed_scores, set_name="qa", model_key="m",
+                                           precision="float32")
+    assert reversed_.accuracy == 0.0
     rng = random.Random(1)
-    rand, _ = ev.evaluate_choices(items, scores(lambda it, k: rng.random()), set_name="qa", model_key="m")
-    assert rand["ci95"][0] <= 0.25 <= rand["ci95"][1]
+    random_scores = scores(lambda it, k: rng.random())
+    rand, _ = choice.evaluate_choices(items, random_scores, random_scores, set_name="qa", model_key="m",
+                                      precision="float32")
+    lo, hi = rand.methods["normalised"].accuracy.ci95
+    assert 0.0 <= lo <= 0.25 <= hi <= 1.0
+    assert choice.accuracy_interval([]) is None
 
 
-def test_bootstrap_interval_contains_the_accuracy_and_stays_in_0_1():
-    correct = [True] * 13 + [False] * 31
-    lo, hi = ev.bootstrap_ci(correct, n_resamples=2000, seed=0)
-    acc = 13 / 44
-    assert 0.0 <= lo < acc < hi <= 1.0
-    assert ev.bootstrap_ci(correct, 2000, 0) == [lo, hi]          # fixed seed, same interval
-    assert ev.bootstrap_ci([True] * 5, 100, 0) == [1.0, 1.0]
-    assert ev.qa_accuracy([])["accuracy"] is None
-
-
-def test_questions_are_tagged_by_the_split_their_article_is_actually_in():
-    items = [{"id": "a", "source_id": "T1", "split": "validation"},
-             {"id": "b", "source_id": "T2", "split": "train"},
-             {"id": "c", "source_id": "T9", "split": "validation"}]
-    out = ev.assign_splits(items, train_ids={"T1"}, validation_ids={"T2"})
-    assert [(o["split"], o["split_source"]) for o in out] == [
+def test_questions_are_retagged_by_their_article_split_and_a_search_of_this_train_split():
+    row = {"question": "Which crane at the harbour lifts 300 tonnes?", "options": ["Alpha", "Beta", "Gamma", "Delta"],
+           "answer": "A", "key_terms": ["crane"], "answer_type": "other"}
+    rows = [{**row, "id": "a", "source_id": "T1", "split": "validation", "seen_in_train": False},
+            {**row, "id": "b", "source_id": "T2", "split": "train", "seen_in_train": False},
+            {**row, "id": "c", "source_id": "T9", "split": "validation", "seen_in_train": True}]
+    train = ["The new crane Alpha lifts 300 tonnes."]
+    items, changed = qa.tag_qa_items(rows, train, train_ids={"T1"}, validation_ids={"T2"})
+    assert [(o.split, o.split_source) for o in items] == [
         ("train", "processed"), ("validation", "processed"), ("validation", "qa_file")]
+    assert [o.seen_in_train for o in items] == [True, True, True] and changed == ["a", "b"]
+    kept, none_changed = qa.tag_qa_items(rows, None, train_ids=set(), validation_ids=set())
+    assert [o.seen_in_train for o in kept] == [False, False, True] and none_changed == []  # no train split
 
 
 # ---------------------------------------------------------------- the hand-written Q&A set
 
 
-def test_qa_set_has_at_least_40_well_formed_items_with_balanced_answer_positions():
-    items = ev.load_qa_items(QA_FILE)
-    assert len(items) >= 40
-    ok, counts = ev.check_position_balance(items)
-    assert ok, counts
+def test_the_qa_file_loads_through_the_one_checker_with_its_tags():
+    items = qa.load_qa_items(QA_FILE)
+    assert [it.id for it in items] == [r["id"] for r in qaset.load_qa(QA_FILE)]
+    counts = qa.answer_positions(items)
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
     for it in items:
-        assert len(it["options"]) == 4 and len(set(it["options"])) == 4
-        assert it["answer"] in "ABCD" and it["split"] in ("train", "validation")
-        assert it["id"].startswith("qa-") and it["source_id"]
-    assert len({it["id"] for it in items}) == len(items)
-    splits = Counter(it["split"] for it in items)
-    assert 12 <= splits["validation"] <= 16
+        assert it.answer in "ABCD" and it.split in ("train", "validation") and it.key_terms
+        assert isinstance(it.seen_in_train, bool) and it.answer_type in qaset.ANSWER_TYPES
+    tags = Counter(it.seen_in_train for it in items)
+    assert tags[True] >= 12 and tags[False] >= 40  # questions on seen and on unseen facts
 
 
 def test_qa_sources_exist_in_the_shared_corpus_and_validation_questions_are_about_the_newest_articles(shared_corpus):
     corpus = [json.loads(line) for line in shared_corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
     newest = {a["id"] for a in sorted(corpus, key=lambda a: a["date"])[-50:]}
     ids = {a["id"] for a in corpus}
-    for it in ev.load_qa_items(QA_FILE):
-        assert it["source_id"] in ids, it["id"]
-        assert (it["source_id"] in newest) == (it["split"] == "validation"), it["id"]
+    for it in qa.load_qa_items(QA_FILE):
+        assert it.source_id in ids, it.id
+        assert (it.source_id in newest) == (it.split == "validation"), it.id
 
 
 def test_a_malformed_qa_file_is_rejected_with_its_line_number(tmp_path):
     bad = tmp_path / "qa.jsonl"
-    bad.write_text(json.dumps({"id": "x", "question": "q?", "options": ["a", "a", "b", "c"], "answer": "A"}) + "\n")
-    with pytest.raises(ev.QAFormatError, match="line 1"):
-        ev.load_qa_items(bad)
+    good = {"id": "x", "question": "Which q?", "options": ["a", "b", "c", "d"], "answer": "A", "source_id": "S",
+            "key_terms": ["q"]}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "y", "options": ["a", "a", "b", "c"]}) + "\n")
+    with pytest.raises(qa.QAFormatError, match="line 2 .*must be distinct"):
+        qa.load_qa_items(bad)
+    bad.write_text(json.dumps({**good, "answer": "E"}) + "\n")
+    with pytest.raises(qa.QAFormatError, match="line 1 .*'answer' must be one of"):
+        qa.load_qa_items(bad)
 
 
 # ---------------------------------------------------------------- cloze set
 
 
 def test_cloze_items_are_deterministic_by_seed():
-    a = ev.build_cloze_items(ARTICLES, n=12, seed=3)
-    assert a == ev.build_cloze_items(ARTICLES, n=12, seed=3)
-    assert a != ev.build_cloze_items(ARTICLES, n=12, seed=4)
-    assert a == ev.build_cloze_items(list(reversed(ARTICLES)), n=12, seed=3)  # input order does not matter
+    a = cloze.build_cloze_items(ARTICLES, n=12, seed=3)
+    assert a == cloze.build_cloze_items(ARTICLES, n=12, seed=3)
+    assert a != cloze.build_cloze_items(ARTICLES, n=12, seed=4)
+    assert a == cloze.build_cloze_items(list(reversed(ARTICLES)), n=12, seed=3)  # input order does not matter
 
 
 def test_cloze_answer_is_the_hidden_span_of_the_original_sentence_and_distractors_differ():
-    items = ev.build_cloze_items(ARTICLES, n=12, seed=0)
+    items = cloze.build_cloze_items(ARTICLES, n=12, seed=0)
     assert 8 <= len(items) <= 12
     by_id = {a["id"]: a for a in ARTICLES}
     for it in items:
-        answer = it["options"]["ABCD".index(it["answer"])]
-        assert it["sentence"] in by_id[it["source_id"]]["text"]
-        assert it["sentence"].startswith(it["question"] + " " + answer)     # prefix + gap is the sentence
-        assert it["prompt"].endswith(it["question"]) and answer not in it["prompt"]
-        assert len(set(o.casefold() for o in it["options"])) == 4
-        for o in it["options"]:
+        answer = it.options[it.answer_index]
+        assert it.sentence in by_id[it.source_id]["text"]
+        assert it.sentence.startswith(it.question + " " + answer)     # prefix + gap is the sentence
+        assert it.prompt.endswith(it.question) and answer not in it.prompt
+        assert len(set(o.casefold() for o in it.options)) == 4
+        for o in it.options:
             if o != answer:
-                assert o not in it["sentence"]
-        assert it["split"] == "validation" and it["span_type"] in ("year", "number", "percent", "name")
-    assert ev.check_position_balance(items)[0]
+                assert o not in it.sentence
+        assert it.split == "validation" and it.span_type in cloze.SPAN_PATTERNS
+    counts = qa.answer_positions(items)
+    assert max(counts.values()) - min(counts.values()) <= 1
 
 
 def test_cloze_distractors_are_of_the_same_kind_as_the_answer():
-    patterns = {"year": ev._YEAR, "percent": ev._PERCENT, "number": ev._NUMBER, "name": ev._NAME}
-    items = ev.build_cloze_items(ARTICLES, n=12, seed=1)
-    assert len({it["span_type"] for it in items}) >= 3
+    items = cloze.build_cloze_items(ARTICLES, n=12, seed=1)
+    assert len({it.span_type for it in items}) >= 3
     for it in items:
-        assert all(patterns[it["span_type"]].fullmatch(o) for o in it["options"]), it
+        assert all(cloze.SPAN_PATTERNS[it.span_type].fullmatch(o) for o in it.options), it
 
 
-# ---------------------------------------------------------------- CLI on tiny models
+# ---------------------------------------------------------------- the real 05 on tiny models, then the real 06
 
 
-def _write_jsonl(path: Path, rows):
+def _write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
+def _run_summary(variant: str, base_model: str, model_dir: Path, block_size: int = 64) -> RunSummary:
+    model = load_model(model_dir)
+    params, blocks = sum(p.numel() for p in model.parameters()), model.config.num_hidden_layers
+    return RunSummary(
+        variant=variant, base_model=base_model, base_model_path=base_model, config={"block_size": block_size},
+        overrides={}, seed=42, versions={}, cpu_model="test", threads=1, precision="float32", compiled=False,
+        loss="model loss", parameters=params, blocks=blocks, train_blocks=10, validation_blocks=2,
+        validation_blocks_total=2, validation_subset="all", steps=3, epochs=1.0, tokens_seen=768,
+        train_seconds=12.5, eval_seconds=1.0, wall_seconds=15.0, tokens_per_s=61.4, bf16_matmul_gflops=1.0,
+        share_of_bf16_peak=0.01, initial_eval_loss=10.9, final_eval_loss=10.7, final_train_loss=10.6,
+        resumed_from_step=None, train_file="train.jsonl", validation_file="validation.jsonl",
+        finished_at="2026-04-20T14:03:11+00:00")
+
+
+def _block_importance(base: Path, output_dir: Path, removed: int) -> BlockImportance:
+    return BlockImportance(
+        base_model=str(base), base_model_path=str(base), method="loss_increase", eval_tokens=256, baseline_loss=10.8,
+        scores=[BlockScore(block=b, loss_without=10.9, delta_loss=0.1, cosine_similarity=0.9, importance=0.1)
+                for b in range(4)],
+        selection="manual", removed_block=removed,
+        naive_comparison={"chosen": RemovalResult(block=removed, loss=10.9), "last": RemovalResult(block=3, loss=11.0),
+                          "middle": RemovalResult(block=2, loss=10.9)},
+        output_dir=str(output_dir), parameters_before=100, parameters_after=90, blocks_before=4, blocks_after=3,
+        seconds=1.0)
+
+
 @pytest.fixture(scope="module")
 def eval_inputs(tmp_path_factory, tiny_llama_dir):
+    """Splits, an 8-question Q&A file, a "fine-tuned" full model with its run.json, 04's record and its
+    smaller model; no pruned run (so that model is reported unavailable)."""
     d = tmp_path_factory.mktemp("eval_inputs")
     validation = _write_jsonl(d / "validation.jsonl", ARTICLES[:4])
-    train = _write_jsonl(d / "train.jsonl", [{**a, "id": f"TR{i}"} for i, a in enumerate(ARTICLES)])
-    qa = []
-    for i, it in enumerate(_qa_items(8)):
-        qa.append({**it, "source_id": "V1" if i % 2 else "TR3", "split": "train"})
-    qa_file = _write_jsonl(d / "qa.jsonl", qa)
+    seen = {"id": "TR9", "title": "Numbers", "text": "Numbers\n\nThe number to remember is right1, then right3."}
+    train = _write_jsonl(d / "train.jsonl", [{**a, "id": f"TR{i}"} for i, a in enumerate(ARTICLES)] + [seen])
+    qa_rows = [{"id": it.id, "question": it.question, "options": it.options, "answer": it.answer,
+                "source_id": "V1" if i % 2 else "TR3", "split": "train", "key_terms": ["number"],
+                "answer_type": "person", "seen_in_train": False} for i, it in enumerate(_qa_items(8))]
+    qa_file = _write_jsonl(d / "qa.jsonl", qa_rows)
     runs = d / "runs"
-    shutil.copytree(tiny_llama_dir, runs / "full" / "model")        # "fine-tuned" full model; no pruned run
-    (runs / "full" / "run.json").write_text(json.dumps({"train_seconds": 12.5, "tokens_per_s": 800.0, "steps": 3,
-                                                        "config": {"block_size": 64}}))
-    model = remove_block(load_model(tiny_llama_dir), 2)
-    model.save_pretrained(d / "minus")
+    shutil.copytree(tiny_llama_dir, runs / "full" / "model")
+    _run_summary("full", str(tiny_llama_dir), tiny_llama_dir).save(runs / "full" / "run.json")
+    remove_block(load_model(tiny_llama_dir), 2).save_pretrained(d / "minus")
     load_tokenizer(tiny_llama_dir).save_pretrained(d / "minus")
     prune_file = d / "prune" / "block_importance.json"
-    prune_file.parent.mkdir()
-    prune_file.write_text(json.dumps({"removed_block": 2, "output_dir": str(d / "minus")}))
+    _block_importance(tiny_llama_dir, d / "minus", removed=2).save(prune_file)
     return SimpleNamespace(dir=d, validation=validation, train=train, qa=qa_file, runs=runs, prune=prune_file,
                            base=tiny_llama_dir)
 
 
 def _argv(inp, out, *extra):
-    return ["--base-model", str(inp.base), "--runs-dir", str(inp.runs), "--prune-file", str(inp.prune),
-            "--validation-file", str(inp.validation), "--train-file", str(inp.train), "--qa-file", str(inp.qa),
-            "--out-dir", str(out), "--block-size", "32", "--max-new-tokens", "4", "--cloze-max", "8",
-            "--bootstrap", "200", "--train-slice-tokens", "64", "--no-progress", *extra]
+    return ["--base-model", inp.base, "--runs-dir", inp.runs, "--prune-file", inp.prune,
+            "--validation-file", inp.validation, "--train-file", inp.train, "--qa-file", inp.qa,
+            "--out-dir", out, "--block-size", "32", "--max-new-tokens", "4", "--cloze-max", "8",
+            "--bootstrap", "200", "--train-slice-tokens", "64", "--no-progress", "--threads", "1", "--questions", "4",
+            "--answer-new-tokens", "4", "--cost-rounds", "2", "--cost-batch", "2", "--cost-new-tokens", "4",
+            "--precision-check", "all", *extra]
 
 
-def test_cli_writes_the_three_records_and_reports_a_missing_model(eval_inputs, tmp_path, caplog):
-    out = tmp_path / "eval"
-    with caplog.at_level(logging.INFO):
-        assert ev.main(_argv(eval_inputs, out)) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"base", "base_minus_block", "full", "pruned"}
-    assert metrics["settings"]["block_size"] == 32 and metrics["settings"]["removed_block"] == 2
+@pytest.fixture(scope="module")
+def evaluated(eval_inputs, tmp_path_factory):
+    """The real 05_evaluate.py, run as a user runs it; returns its output folder and stderr."""
+    out = tmp_path_factory.mktemp("eval")
+    proc = run_script("05_evaluate.py", *_argv(eval_inputs, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return SimpleNamespace(out=out, stderr=proc.stderr, metrics=Metrics.load(out / "metrics.json"))
 
-    pruned = metrics["models"]["pruned"]
-    assert pruned["available"] is False and "03_train.py --variant pruned" in pruned["error"]
-    assert "03_train.py --variant pruned" in caplog.text
 
+def test_evaluate_measures_every_available_model_and_reports_the_missing_one(evaluated, eval_inputs):
+    metrics = evaluated.metrics
+    assert tuple(metrics.models) == MODEL_KEYS
+    assert metrics.settings.block_size == 32 and metrics.settings.removed_block == 2
+    assert metrics.settings.precision["qa_and_cloze"] == "float32" and metrics.settings.precision["perplexity"]
+    pruned = metrics.models["pruned"]
+    assert pruned.available is False and "03_train.py --variant pruned" in pruned.error
+    assert "03_train.py --variant pruned" in evaluated.stderr
+
+    tok = load_tokenizer(eval_inputs.base)
+    windows = text_windows(tok, [a["text"] for a in ARTICLES[:4]], 32)
     for key, blocks in (("base", 4), ("base_minus_block", 3), ("full", 4)):
-        m = metrics["models"][key]
-        assert m["available"] is True and m["error"] is None and m["blocks"] == blocks
-        assert m["parameters"] > 0 and m["size_mb"] > 0
-        v = m["validation"]
-        assert v["perplexity"] == pytest.approx(math.exp(v["loss"])) and v["tokens"] > 0 and v["tokens_per_s"] > 0
-        assert m["train_slice"]["tokens"] == 64
-        qa = m["qa"]
-        assert qa["n"] == 8 and qa["chance"] == 0.25 and 0 <= qa["ci95"][0] <= qa["accuracy"] <= qa["ci95"][1] <= 1
-        assert set(qa["by_split"]) == {"train", "validation"}
-        assert qa["by_split"]["validation"]["n"] == 4   # V1 is in the validation file, whatever the QA file says
-        assert m["cloze"]["n"] > 0 and "mean_loglik_correct" in m["cloze"]
-        assert m["generation"]["new_tokens_per_s"] > 0
-    # the metric module is reused across models: each model's count starts from zero
-    assert len({metrics["models"][k]["validation"]["tokens"] for k in ("base", "base_minus_block", "full")}) == 1
-    assert metrics["models"]["full"]["training"]["train_seconds"] == 12.5
-    assert metrics["models"]["base"]["training"] is None
-    assert "bf16_check" in metrics["models"]["base"]
-
-    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
-    assert len(gens) == 3 * len(ev.GENERATION_PROMPTS) * 2
-    assert {g["decoding"] for g in gens} == {"greedy", "sampled"}
-    for g in gens:
-        assert set(g) >= {"model", "prompt_id", "prompt", "decoding", "settings", "completion", "new_tokens", "seconds"}
-        assert g["settings"]["repetition_penalty"] == ev.REPETITION_PENALTY and g["new_tokens"] <= 4
-
-    preds = [json.loads(x) for x in (out / "qa_predictions.jsonl").read_text().splitlines()]
-    keys = {"model", "set", "item_id", "question", "options", "answer", "predicted", "correct", "option_scores",
-            "source_id", "split"}
-    assert all(set(p) >= keys for p in preds)
-    assert {p["set"] for p in preds} == {"qa", "cloze"}
-    assert Counter(p["model"] for p in preds if p["set"] == "qa") == {"base": 8, "base_minus_block": 8, "full": 8}
+        m = metrics.entry(key)
+        assert m is not None and m.error is None and m.blocks == blocks
+        assert m.parameters > 0 and m.size_mb > 0
+        v = m.validation
+        assert v.perplexity == pytest.approx(math.exp(v.loss)) and v.tokens_per_s > 0
+        assert (v.tokens, v.windows) == (predicted_tokens(windows), len(windows))  # every validation token, once
+        assert sum(v.per_article.tokens) == v.tokens and v.articles == 4 and v.ci95[0] <= v.perplexity <= v.ci95[1]
+        assert v.separators.separator_tokens <= 4 and v.precision == "bf16 autocast"
+        assert m.train_slice.tokens >= 64 and "whole articles" in m.train_slice.selection
+        assert m.qa.n == 8 and m.qa.uniform_guess == 0.25 and m.qa.precision == "float32"
+        for method in ("normalised", "calibrated", "prior_only"):
+            acc = m.qa.methods[method]
+            assert 0 <= acc.accuracy.ci95[0] <= acc.accuracy.value <= acc.accuracy.ci95[1] <= 1
+            assert (acc.seen.n, acc.unseen.n) == (2, 6)  # right1 and right3 are in the train split: re-tagged
+        assert m.cloze.n > 0 and m.cloze.uniform_guess is None and m.cloze.methods["normalised"].accuracy.unit == "article"
+        assert m.precision_check.items == 8 + m.cloze.n and m.precision_check.perplexity_windows > 0
+        assert m.generation.answers["plain"].questions == 4 and not m.generation.answers["chat"].available
+    assert metrics.settings.qa_seen == {"seen": 2, "unseen": 6} and len(metrics.settings.qa_seen_changed) == 2
+    assert metrics.frequency_prior.accuracy.n == 8
+    assert metrics.entry("full").training.train_seconds == 12.5
+    assert metrics.entry("full").training.block_size == 64
+    assert metrics.entry("base").training is None
+    assert metrics.entry("base_minus_block").pruning.removed_block == 2
+    assert metrics.cost.models == ["base", "base_minus_block"] and metrics.cost.rounds == 2
+    pairs = {(c.a, c.b) for c in metrics.comparisons if c.family == "perplexity"}
+    assert pairs == {("full", "base"), ("base_minus_block", "base")}  # pruned is unavailable
+    assert {c.family for c in metrics.comparisons} == {"perplexity", "gap", "qa", "cloze", "baseline", "speed"}
+    assert all(c.sentence and (c.detectable == (c.ci95[0] > 0 or c.ci95[1] < 0)) for c in metrics.comparisons)
 
 
-def test_cli_subset_is_deterministic_and_unrequested_models_are_listed_as_unavailable(eval_inputs, tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        assert ev.main(_argv(eval_inputs, out, "--models", "base", "--fp32")) == 0
-        runs.append((json.loads((out / "metrics.json").read_text()), (out / "generations.jsonl").read_text()))
-    (m1, g1), (m2, g2) = runs
-    assert m1["models"]["full"]["available"] is False and "--models" in m1["models"]["full"]["error"]
-    assert m1["models"]["base"]["qa"] == {**m2["models"]["base"]["qa"], "seconds": m1["models"]["base"]["qa"]["seconds"]}
-    assert [json.loads(x)["completion"] for x in g1.splitlines()] == [json.loads(x)["completion"] for x in g2.splitlines()]
+def test_evaluate_writes_a_generation_and_a_prediction_per_model_item_and_decoding(evaluated):
+    gens = [Generation.from_dict(json.loads(x)) for x in (evaluated.out / "generations.jsonl").read_text().splitlines()]
+    openings = [g for g in gens if g.kind == "opening"]
+    assert len(openings) == 3 * len(GENERATION_PROMPTS) * 2
+    assert {g.decoding for g in openings} == {"greedy", "sampled"}
+    assert all(g.settings["repetition_penalty"] == REPETITION_PENALTY and g.new_tokens <= 4 for g in gens)
+    questions = [g for g in gens if g.kind == "question"]
+    assert len(questions) == 3 * 4 and {g.style for g in questions} == {"plain"}  # no chat template: not asked
+    assert all(g.prompt.startswith("Question: ") and g.contains_answer is not None for g in questions)
+    preds = [QAPrediction.from_dict(json.loads(x))
+             for x in (evaluated.out / "qa_predictions.jsonl").read_text().splitlines()]
+    assert {p.set for p in preds} == {"qa", "cloze"}
+    assert Counter(p.model for p in preds if p.set == "qa") == {"base": 8, "base_minus_block": 8, "full": 8}
+    assert all(p.split_source in ("processed", "qa_file") for p in preds if p.set == "qa")
+    assert all(p.span_type in cloze.SPAN_PATTERNS for p in preds if p.set == "cloze")
+    for p in preds:  # every option's score under every method, and the pick each method makes from them
+        assert set(p.option_scores) == set(p.predicted) == set(choice.METHODS)
+        for method, scores in p.option_scores.items():
+            assert len(scores) == 4 and p.predicted[method] == "ABCD"[choice.pick(scores)]
+        assert p.option_scores["calibrated"] == pytest.approx(
+            [a - b for a, b in zip(p.option_loglik_sum, p.option_loglik_sum_neutral)], abs=2e-5)
 
 
-def test_missing_validation_split_or_qa_file_stops_with_a_clear_error(eval_inputs, tmp_path, caplog):
-    argv = _argv(eval_inputs, tmp_path / "out")
-    with caplog.at_level(logging.ERROR):
-        assert ev.main([*argv, "--validation-file", str(tmp_path / "nope.jsonl")]) == 2
-    assert "02_preprocess.py" in caplog.text and "Traceback" not in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.ERROR):
-        assert ev.main([*argv, "--qa-file", str(tmp_path / "nope_qa.jsonl")]) == 2
-    assert "Q&A" in caplog.text
-    assert not (tmp_path / "out" / "metrics.json").exists()
+def test_the_real_report_shows_the_numbers_the_real_evaluation_wrote(evaluated, eval_inputs, tmp_path):
+    report_dir = tmp_path / "report"
+    proc = run_script("06_report.py", "--eval-dir", evaluated.out, "--runs-dir", eval_inputs.runs,
+                      "--prune-dir", eval_inputs.prune.parent, "--processed-dir", tmp_path / "none",
+                      "--raw-dir", tmp_path / "none", "--out-dir", report_dir, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (report_dir / "report.md").read_text(encoding="utf-8")
+    metrics = evaluated.metrics
+    table = md.split("## Metrics per model", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("`")[1]: [c.strip() for c in line.strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("| `")}
+    assert list(rows) == list(MODEL_KEYS)
+    for key in ("base", "base_minus_block", "full"):
+        m = metrics.entry(key)
+        v, t = m.validation, m.train_slice
+        assert rows[key][5] == f"{v.perplexity:.2f} [{v.ci95[0]:.2f}, {v.ci95[1]:.2f}]"
+        assert rows[key][6].startswith(f"{t.perplexity:.2f} [")
+        assert rows[key][7].startswith(f"{100 * m.qa.accuracy:.1f}% ") and f"(n={m.qa.n})" in rows[key][7]
+    assert set(rows["pruned"][1:]) == {"n/a"}
+    assert rows["full"][10] == "12 s" and rows["base"][10] == "–"
+    tradeoffs = md.split("## Trade-offs", 1)[1].split("\n## ", 1)[0]
+    for c in metrics.comparisons:
+        if (c.family, c.metric) == ("perplexity", "validation perplexity"):
+            assert c.sentence in tradeoffs  # the sentence 05 wrote from its test, not a new comparison
+    claims = [line[4:] for line in tradeoffs.splitlines() if line.startswith("  - ")]
+    assert claims and all(any(claim.lower().endswith(c.sentence.lower()) for c in metrics.comparisons)
+                          for claim in claims)  # every comparative sentence is one 05 wrote from a test
+    section = md.split("## Paired comparisons", 1)[1].split("\n## ", 1)[0]
+    rows_ = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| a − b")]
+    assert len(rows_) == len(metrics.comparisons)  # one table row per comparison 05 made
+    preds = [json.loads(x) for x in (evaluated.out / "qa_predictions.jsonl").read_text().splitlines()]
+    right = sum(p["correct"]["normalised"] for p in preds if p["set"] == "qa" and p["model"] == "full")
+    assert f"full {right}/8" in md.split("## Q&A answers item by item", 1)[1]
+    assert md.split("## Generations: press-release openings", 1)[1].count("### Prompt") == len(GENERATION_PROMPTS)
+    assert "not available: the tokenizer has no chat template" in md.split("## Generated answers", 1)[1]
+    for png in ("perplexity.png", "qa_accuracy.png", "block_importance.png", "comparisons.png"):
+        assert f"]({png})" in md and (report_dir / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_missing_prune_record_names_04_prune_layer(eval_inputs, tmp_path):
-    specs = ev.resolve_model_specs(str(eval_inputs.base), eval_inputs.runs, tmp_path / "none.json",
-                                   ev.MODEL_KEYS)
-    assert "04_prune_layer.py" in specs["base_minus_block"].error
-    assert specs["base"].error is None and specs["full"].error is None
+# ---------------------------------------------------------------- the same measurements again, and failures
+
+
+def _options(**changes) -> runner.EvalOptions:
+    return replace(runner.EvalOptions(
+        block_size=32, batch_size=8, score_batch_size=16, train_slice_tokens=64, bootstrap=200, seed=0,
+        max_new_tokens=4, answer_new_tokens=4, questions=2, perplexity_bf16=False, choice_bf16=False,
+        precision_check="none", precision_windows=2, progress=False), **changes)
+
+
+def test_evaluating_a_model_twice_gives_the_same_scores_and_completions(eval_inputs):
+    data = load_eval_data(eval_inputs.validation, eval_inputs.train, eval_inputs.qa, cloze_max=4, seed=0)
+    spec = models.resolve_model_specs(str(eval_inputs.base), eval_inputs.runs, eval_inputs.prune, ["base"])["base"]
+    metric = perplexity.load_perplexity_metric()
+    (e1, g1, p1), (e2, g2, p2) = (runner.evaluate_model(spec, data, _options(), metric) for _ in range(2))
+    assert replace(e1.qa, seconds=None) == replace(e2.qa, seconds=None)
+    assert e1.validation.loss == e2.validation.loss and e1.validation.per_article == e2.validation.per_article
+    assert [g.completion for g in g1] == [g.completion for g in g2] and [asdict(p) for p in p1] == [asdict(p) for p in p2]
+
+
+def test_unrequested_and_missing_models_are_unavailable_with_the_stage_that_makes_them(eval_inputs, tmp_path):
+    specs = models.resolve_model_specs(str(eval_inputs.base), eval_inputs.runs, eval_inputs.prune, ["base", "pruned"])
+    assert specs["base"].error is None and "--models" in specs["full"].error
+    assert "--models" in specs["base_minus_block"].error and specs["base_minus_block"].removed_block == 2
+    assert "03_train.py --variant pruned (make train-pruned)" in specs["pruned"].error
+    entry = models.empty_entry(specs["full"])
+    assert entry.available is False and entry.training.train_seconds == 12.5  # the run's totals are still shown
+    no_prune = models.resolve_model_specs(str(eval_inputs.base), eval_inputs.runs, tmp_path / "none.json", MODEL_KEYS)
+    assert "04_prune_layer.py (make prune)" in no_prune["base_minus_block"].error
+    moved = tmp_path / "block_importance.json"
+    _block_importance(eval_inputs.base, tmp_path / "gone", removed=2).save(moved)
+    gone = models.resolve_model_specs(str(eval_inputs.base), eval_inputs.runs, moved, MODEL_KEYS)["base_minus_block"]
+    assert "is missing; run 04_prune_layer.py" in gone.error

@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from bmwlm.modeling import count_parameters, get_blocks, load_model, model_slug, pack_documents, remove_block
+from bmwlm.modeling import count_parameters, evaluate_nll, get_blocks, load_model, model_slug, remove_block
+from bmwlm.windows import pack_documents
 
 
 @pytest.fixture(params=["tiny_gpt2_dir", "tiny_llama_dir"])
@@ -34,14 +35,15 @@ def test_removing_a_block_keeps_forward_backward_generate_save_and_reload_workin
         assert torch.allclose(model(ids).logits, reloaded(ids).logits, atol=1e-5)
 
 
-def test_removed_block_is_the_requested_one(tiny_model_dir):
+def test_removed_block_is_the_requested_one_and_the_rest_are_renumbered(tiny_model_dir):
     model = load_model(tiny_model_dir)
     kept = [get_blocks(model)[i] for i in (0, 1, 3)]
     remove_block(model, 2)
     assert list(get_blocks(model)) == kept
-    assert [b for b in get_blocks(model)]  # renumbered layer_idx
-    idx = [m.layer_idx for b in get_blocks(model) for m in b.modules() if hasattr(m, "layer_idx")]
-    assert sorted(set(idx)) == [0, 1, 2]
+    # every module that knows its block's position (the KV cache's layer_idx) now says where it sits
+    positions = [{m.layer_idx for m in b.modules() if hasattr(m, "layer_idx")} for b in get_blocks(model)]
+    assert positions == [{0}, {1}, {2}]
+    assert model.config.num_hidden_layers == 3
 
 
 def test_remove_block_rejects_missing_index(tiny_model_dir):
@@ -77,8 +79,6 @@ def test_packing_with_tail_keeps_every_token_for_evaluation():
 
 
 def test_evaluate_nll_counts_every_predicted_token_and_matches_the_model_loss(tiny_llama_dir):
-    from bmwlm.modeling import evaluate_nll
-
     model = load_model(tiny_llama_dir)
     blocks = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13]]
     nll, n = evaluate_nll(model, blocks, batch_size=2, bf16=False)

@@ -43,7 +43,7 @@ def pipeline_run(tmp_path_factory, shared_corpus, tiny_llama_dir):
         run_stage("01_scrape.py", "--base-url", server.base_url, "--delay", "0",
                   "--max-articles", str(MAX_ARTICLES), env=env)
     run_stage("02_preprocess.py", "--tokenizer", tiny, env=env)
-    run_stage("04_prune_layer.py", "--model", tiny, "--max-eval-tokens", "2048", "--block-size", "64", env=env)
+    run_stage("04_prune_layer.py", "--model", tiny, "--calibration-tokens", "2048", "--block-size", "64", env=env)
     train_args = ["--model", tiny, "--max-steps", "6", "--eval-steps", "3", "--save-steps", "3",
                   "--logging-steps", "1", "--block-size", "64", "--per-device-train-batch-size", "4",
                   "--no-torch-compile", "--threads", "1"]
@@ -90,14 +90,17 @@ def test_both_variants_train_with_identical_settings_and_log_losses(pipeline_run
 
 
 def test_evaluate_scores_all_four_models(pipeline_run):
-    metrics = json.loads((pipeline_run / "outputs/eval/metrics.json").read_text())
-    assert set(metrics["models"]) == {"base", "base_minus_block", "full", "pruned"}
-    for key, m in metrics["models"].items():
-        assert m["available"], (key, m.get("error"))
-        assert m["validation"]["perplexity"] > 1
-        assert 0 <= m["qa"]["accuracy"] <= 1
+    from bmwlm.records.evaluation import Metrics
+
+    metrics = Metrics.load(pipeline_run / "outputs/eval/metrics.json")
+    assert set(metrics.models) == {"base", "base_minus_block", "full", "pruned"}
+    for key, m in metrics.models.items():
+        assert m.available, (key, m.error)
+        assert m.validation.perplexity > 1
+        assert 0 <= m.qa.accuracy <= 1
+        assert set(m.qa.methods) == {"normalised", "calibrated", "prior_only"}
     gens = read_jsonl(pipeline_run / "outputs/eval/generations.jsonl")
-    assert {g["model"] for g in gens} == set(metrics["models"])
+    assert {g["model"] for g in gens} == set(metrics.models)
     assert read_jsonl(pipeline_run / "outputs/eval/qa_predictions.jsonl")
 
 
@@ -108,3 +111,31 @@ def test_report_links_figures_that_exist(pipeline_run):
     assert len(pngs) >= 4
     for png in pngs:
         assert png.name in text and png.stat().st_size > 1000
+
+
+def test_every_model_directory_and_the_corpus_carry_a_generated_card(pipeline_run):
+    from huggingface_hub import DatasetCard, ModelCard
+
+    importance = json.loads((pipeline_run / "outputs/prune/block_importance.json").read_text())
+    block = importance["removed_block"]
+    pruned_base = Path(importance["output_dir"])
+    pruned_base = pruned_base if pruned_base.is_absolute() else ROOT / pruned_base
+    cards = {"pruned base": pruned_base} | {v: pipeline_run / f"outputs/runs/{v}/model" for v in ("full", "pruned")}
+    for name, folder in cards.items():
+        card = ModelCard.load(folder / "README.md")
+        assert card.data.to_dict()["license"] == "apache-2.0", name
+        assert "## Limits" in card.text and "## How it was made" in card.text, name
+    assert f"minus block {block}" in ModelCard.load(cards["pruned"] / "README.md").text
+    dataset = DatasetCard.load(pipeline_run / "data/processed/README.md")
+    assert "publisher's terms" in dataset.text and "| train |" in dataset.text
+
+
+def test_training_writes_tensorboard_events_with_the_logged_losses(pipeline_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for variant in ("full", "pruned"):
+        events = EventAccumulator(str(pipeline_run / f"outputs/runs/{variant}/tensorboard"))
+        events.Reload()
+        logged = [line for line in read_jsonl(pipeline_run / f"outputs/runs/{variant}/log.jsonl") if "loss" in line]
+        losses = {e.step: e.value for e in events.Scalars("train/loss")}
+        assert losses and all(abs(losses[line["step"]] - line["loss"]) < 1e-4 for line in logged)

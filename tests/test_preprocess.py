@@ -1,26 +1,48 @@
-"""Tests for 02_preprocess.py: every cleaning rule on hand-written fixtures (it removes the
-boilerplate and keeps real content), normalisation, filters, duplicates, the split, the report,
-the CLI, and a check over the shared corpus of real articles (skipped when it is absent).
+"""Tests for stage 02 (02_preprocess.py over bmwlm.clean): every cleaning rule on hand-written
+fixtures (it removes the boilerplate and keeps real content), normalisation, filters, duplicates,
+the split, the report, the CLI, and a check over the shared corpus of real articles (skipped when
+it is absent). Bad input (damaged lines, other languages, unfinished scrapes ...) is in
+test_clean_bad_input.py.
 
 All fixture text below is made up for these tests (fictional people, numbers and wording)."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from conftest import ROOT, load_script
+from bmwlm.clean.dedup import cross_near_duplicates, find_near_duplicates, jaccard, shingles
+from bmwlm.clean.language import LanguageDetector
+from bmwlm.clean.pipeline import preprocess
+from bmwlm.clean.records import body_of, build_record, normalize_title
+from bmwlm.clean.rules import RULE_NAMES, RULES, clean_text
+from bmwlm.clean.split import split_articles
+from bmwlm.clean.text import normalize_unicode, split_paragraphs
+from conftest import ROOT
 
-pp = load_script("02_preprocess")
+SCRIPT = ROOT / "02_preprocess.py"
+
+
+@pytest.fixture(scope="module")
+def detector() -> LanguageDetector:
+    return LanguageDetector()
+
+
+def run_02(*args: str) -> subprocess.CompletedProcess:
+    """02_preprocess.py as a user runs it."""
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
 
 
 def clean(*paragraphs: str) -> str:
-    return pp.clean_text("\n\n".join(paragraphs))[0]
+    return clean_text("\n\n".join(paragraphs))[0]
 
 
 def paras(text: str) -> list[str]:
@@ -48,17 +70,17 @@ STORY_2 = (
 
 def test_normalize_unicode_maps_compatibility_characters_and_keeps_euro_dash_trademark():
     text = "ﬁve CO₂ targets\u00a0for € 5\u202fbillion – MotoGP™ in 20 m² “quoted” it’s"
-    out = pp.normalize_unicode(text)
+    out = normalize_unicode(text)
     assert out == "five CO2 targets for € 5 billion – MotoGP™ in 20 m² \"quoted\" it's"
 
 
 def test_normalize_unicode_drops_invisible_characters_and_odd_hyphens():
-    assert pp.normalize_unicode("pre\u00adproduction\u200b plug\u2011in") == "preproduction plug-in"
+    assert normalize_unicode("pre\u00adproduction\u200b plug\u2011in") == "preproduction plug-in"
 
 
 def test_split_paragraphs_collapses_whitespace_and_drops_empty_lines():
     text = "  First   paragraph\twith tabs. \n\n\n \u00a0 \nSecond line\nThird line  "
-    assert pp.split_paragraphs(pp.normalize_unicode(text)) == [
+    assert split_paragraphs(normalize_unicode(text)) == [
         "First paragraph with tabs.", "Second line", "Third line",
     ]
 
@@ -391,7 +413,7 @@ def test_separator_lines_are_dropped():
 
 
 def test_title_repeated_as_first_line_is_dropped():
-    cleaned, _ = pp.clean_text(f"New Battery Centre\n\n{STORY}", title="New  Battery Centre")
+    cleaned, _ = clean_text(f"New Battery Centre\n\n{STORY}", title="New  Battery Centre")
     assert cleaned == STORY
 
 
@@ -404,9 +426,9 @@ def test_clean_text_reports_what_each_rule_removed():
     text = "\n\n".join([STORY, "In case of queries, please contact:", *CONTACT_LINES, *COMPANY,
                         "CO2 Emissions & Consumption: BMW iX9: energy consumption combined: 18 kWh/100 km; "
                         "CO2 class: A"])
-    cleaned, stats = pp.clean_text(text)
+    cleaned, stats = clean_text(text)
     assert cleaned == STORY
-    assert set(stats["rules"]) == set(pp.RULE_NAMES)
+    assert set(stats["rules"]) == set(RULE_NAMES)
     contact = stats["rules"]["contact_block"]
     assert contact["matches"] == 1 and contact["paragraphs"] == 1 + len(CONTACT_LINES)
     assert contact["chars"] == len("In case of queries, please contact:") + sum(map(len, CONTACT_LINES))
@@ -414,6 +436,22 @@ def test_clean_text_reports_what_each_rule_removed():
     assert stats["rules"]["co2_summary"]["paragraphs"] == 1
     assert stats["rules"]["urls"]["chars"] == 0
     assert stats["chars_in"] == len(text) and stats["chars_out"] == len(STORY)
+
+
+def test_rules_run_in_the_order_of_the_one_explicit_list():
+    assert RULE_NAMES == (
+        "separator_lines", "page_furniture", "media_ids", "contact_block", "comms_signature", "company_boilerplate",
+        "co2_summary", "consumption_heading", "consumption_data", "consumption_sentence", "consumption_disclaimer",
+        "footnote_asterisks", "social_media", "link_pointer", "urls", "email_addresses", "phone_numbers",
+    )
+    # The contact block is found by its phone line and takes the name and role above it. Were the
+    # phone rule first, it would take the phone line alone and leave the name behind.
+    text = "\n\n".join([STORY, "Jane Roe, Spokesperson Plant Example", "Telephone: +49 89 382 12345"])
+    cleaned, stats = clean_text(text)
+    assert cleaned == STORY
+    assert list(stats["rules"]) == list(RULE_NAMES)
+    phone_first = [r for r in RULES if r.name == "phone_numbers"] + [r for r in RULES if r.name != "phone_numbers"]
+    assert clean_text(text, rules=phone_first)[0] == f"{STORY}\n\nJane Roe, Spokesperson Plant Example"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,8 +483,6 @@ WORDS = ("battery plant engine design rally museum dealer charging sedan touring
 
 def unique_text(seed: int, n_words: int = 140) -> str:
     """Distinct filler prose: different seeds share almost no 5-word shingles."""
-    import random
-
     rng = random.Random(seed)
     words = [rng.choice(WORDS) for _ in range(n_words)]
     sentences = [" ".join(words[i:i + 12]).capitalize() + "." for i in range(0, n_words, 12)]
@@ -455,7 +491,7 @@ def unique_text(seed: int, n_words: int = 140) -> str:
 
 def test_build_record_puts_the_title_on_the_first_line():
     raw = raw_article(1, STORY, title="  A  “New” Battery Centre for the BMW iX9* ")
-    record = pp.build_record(raw, STORY)
+    record = build_record(raw, STORY)
     assert record["text"] == f'A "New" Battery Centre for the BMW iX9\n\n{STORY}'
     assert record["text"].split("\n")[0] == record["title"]
     assert record["n_chars"] == len(record["text"])
@@ -463,32 +499,32 @@ def test_build_record_puts_the_title_on_the_first_line():
 
 
 def test_shingles_and_jaccard():
-    a = pp.shingles("one two three four five six")
+    a = shingles("one two three four five six")
     assert len(a) == 2
-    assert pp.jaccard(a, a) == 1.0
-    assert pp.jaccard(a, pp.shingles("seven eight nine ten eleven twelve")) == 0.0
-    assert len(pp.shingles("too short")) == 1
+    assert jaccard(a, a) == 1.0
+    assert jaccard(a, shingles("seven eight nine ten eleven twelve")) == 0.0
+    assert len(shingles("too short")) == 1
 
 
 def test_find_near_duplicates_keeps_the_first_of_a_pair_and_reports_jaccard():
     base = unique_text(1, 300)
     edited = base.replace("Battery", "Cell", 1) + " One more closing sentence."
     docs = [("long", edited), ("short", base), ("other", unique_text(2, 300))]
-    dropped = pp.find_near_duplicates(docs, 0.8)
+    dropped = find_near_duplicates(docs, 0.8)
     assert list(dropped) == ["short"]
     kept, sim = dropped["short"]
     assert kept == "long" and 0.8 <= sim < 1.0
-    assert pp.find_near_duplicates(docs, 0.999) == {}
+    assert find_near_duplicates(docs, 0.999) == {}
 
 
-def test_min_length_drop():
+def test_min_length_drop(detector):
     records = [raw_article(0, STORY), raw_article(1, "Too short to train on.")]
-    train, val, report = pp.preprocess(records, min_chars=100, val_fraction=0.0, progress=False)
+    train, val, report = preprocess(records, min_chars=100, val_fraction=0.0, detector=detector, progress=False)
     assert [r["id"] for r in train + val] == [records[0]["id"]]
     assert report["dropped"]["too_short"]["articles"] == [{"id": records[1]["id"], "chars": 22}]
 
 
-def test_exact_and_near_duplicates_are_removed_keeping_the_longest():
+def test_exact_and_near_duplicates_are_removed_keeping_the_longest(detector):
     body = unique_text(7, 300)
     records = [
         raw_article(0, body),
@@ -496,7 +532,7 @@ def test_exact_and_near_duplicates_are_removed_keeping_the_longest():
         raw_article(2, body + " " + unique_text(8, 12)),                      # near duplicate, longer
         raw_article(3, unique_text(9, 300)),
     ]
-    train, val, report = pp.preprocess(records, min_chars=50, val_fraction=0.0, progress=False)
+    train, val, report = preprocess(records, min_chars=50, val_fraction=0.0, detector=detector, progress=False)
     kept = {r["id"] for r in train + val}
     assert kept == {records[2]["id"], records[3]["id"]}
     exact = report["dropped"]["exact_duplicate"]["pairs"]
@@ -507,12 +543,12 @@ def test_exact_and_near_duplicates_are_removed_keeping_the_longest():
 
 
 def _split_fixture(n: int = 30) -> list[dict]:
-    return [pp.build_record(raw_article(i, "x", days=(i * 7) % n), unique_text(100 + i)) for i in range(n)]
+    return [build_record(raw_article(i, "x", days=(i * 7) % n), unique_text(100 + i)) for i in range(n)]
 
 
 def test_chronological_split_puts_the_newest_tenth_in_validation():
     records = _split_fixture(30)
-    train, val = pp.split_articles(records, 0.1, "chronological")
+    train, val = split_articles(records, 0.1, "chronological")
     assert len(val) == 3 and len(train) == 27
     newest = sorted(records, key=lambda r: r["published"])[-3:]
     assert {r["id"] for r in val} == {r["id"] for r in newest}
@@ -523,15 +559,15 @@ def test_chronological_split_puts_the_newest_tenth_in_validation():
 def test_chronological_split_compares_dates_across_time_zones():
     early = raw_article(0, "", days=0) | {"published": "2031-03-01T10:00:00+02:00"}   # 08:00 UTC
     late = raw_article(1, "", days=0) | {"published": "2031-03-01T09:00:00+00:00"}    # 09:00 UTC
-    train, val = pp.split_articles([late, early], 0.5, "chronological")
+    train, val = split_articles([late, early], 0.5, "chronological")
     assert [r["id"] for r in val] == [late["id"]]
 
 
 def test_random_split_is_reproducible_by_seed():
     records = _split_fixture(40)
-    first = pp.split_articles(records, 0.25, "random", seed=3)
-    again = pp.split_articles(records, 0.25, "random", seed=3)
-    other = pp.split_articles(records, 0.25, "random", seed=4)
+    first = split_articles(records, 0.25, "random", seed=3)
+    again = split_articles(records, 0.25, "random", seed=3)
+    other = split_articles(records, 0.25, "random", seed=4)
     ids = lambda split: {r["id"] for r in split[1]}  # noqa: E731
     assert ids(first) == ids(again) and len(ids(first)) == 10
     assert ids(first) != ids(other)
@@ -540,27 +576,27 @@ def test_random_split_is_reproducible_by_seed():
 @pytest.mark.parametrize("method", ["chronological", "random"])
 def test_split_has_no_id_in_both_parts(method):
     records = _split_fixture(25)
-    train, val = pp.split_articles(records, 0.2, method, seed=1)
+    train, val = split_articles(records, 0.2, method, seed=1)
     assert not {r["id"] for r in train} & {r["id"] for r in val}
     assert len(train) + len(val) == 25
 
 
-def test_no_validation_article_has_a_near_duplicate_in_train():
+def test_no_validation_article_has_a_near_duplicate_in_train(detector):
     # two near-copies, one old and one newest: dedup must leave only one of them
     story = unique_text(42, 300)
     records = [raw_article(i, unique_text(200 + i), days=i) for i in range(18)]
     records += [raw_article(50, story, days=1), raw_article(51, story + " Updated at noon.", days=40)]
-    train, val, report = pp.preprocess(records, min_chars=50, val_fraction=0.1, progress=False)
+    train, val, report = preprocess(records, min_chars=50, val_fraction=0.1, detector=detector, progress=False)
     assert report["checks"]["validation_near_duplicates_in_train"] == []
-    leaks = pp.cross_near_duplicates([(r["id"], pp.body_of(r)) for r in val],
-                                     [(r["id"], pp.body_of(r)) for r in train], 0.8)
+    leaks = cross_near_duplicates([(r["id"], body_of(r)) for r in val],
+                                     [(r["id"], body_of(r)) for r in train], 0.8)
     assert leaks == []
     assert report["dropped"]["near_duplicate"]["count"] == 1
 
 
 def test_cross_near_duplicates_finds_a_leak():
     story = unique_text(5, 200)
-    leaks = pp.cross_near_duplicates([("v1", story + " Extra."), ("v2", unique_text(6, 200))],
+    leaks = cross_near_duplicates([("v1", story + " Extra."), ("v2", unique_text(6, 200))],
                                      [("t1", unique_text(7, 200)), ("t2", story)], 0.8)
     assert [(q, c) for q, c, _ in leaks] == [("v1", "t2")]
 
@@ -596,8 +632,8 @@ def tokenizer_dir(gpt2_tokenizer_dir, tmp_path_factory) -> Path:
 def test_cli_end_to_end_writes_loadable_splits_and_a_report(tmp_path, tokenizer_dir):
     raw = _write_raw(tmp_path / "articles.jsonl", _tiny_corpus())
     out = tmp_path / "processed"
-    assert pp.main(["--in", str(raw), "--out-dir", str(out), "--tokenizer", str(tokenizer_dir),
-                    "--min-chars", "200"]) == 0
+    proc = run_02("--in", str(raw), "--out-dir", str(out), "--tokenizer", str(tokenizer_dir), "--min-chars", "200")
+    assert proc.returncode == 0, proc.stderr
 
     import datasets
 
@@ -623,39 +659,57 @@ def test_cli_end_to_end_writes_loadable_splits_and_a_report(tmp_path, tokenizer_
     assert report["checks"]["ids_in_both_splits"] == []
     assert report["settings"]["split"] == "chronological" and report["settings"]["min_chars"] == 200
     assert report["settings"]["tokenizer"] == str(tokenizer_dir)
+    assert report["settings"]["rules"] == list(RULE_NAMES)
 
 
 def test_cli_random_split_and_no_tokenizer(tmp_path):
     raw = _write_raw(tmp_path / "a.jsonl", _tiny_corpus())
     for run in ("one", "two"):
-        pp.main(["--in", str(raw), "--out-dir", str(tmp_path / run), "--split", "random", "--seed", "9",
-                 "--val-fraction", "0.25", "--tokenizer", "none"])
+        proc = run_02("--in", str(raw), "--out-dir", str(tmp_path / run), "--split", "random", "--seed", "9",
+                      "--val-fraction", "0.25", "--tokenizer", "none")
+        assert proc.returncode == 0, proc.stderr
     one, two = ((tmp_path / run / "validation.jsonl").read_text() for run in ("one", "two"))
     assert one == two and one.count("\n") == 5
     report = json.loads((tmp_path / "one" / "preprocess_report.json").read_text())
     assert report["splits"]["train"]["tokens"] is None and report["settings"]["tokenizer"] is None
 
 
-def test_missing_input_names_the_scrape_stage(tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        pp.main(["--in", str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path), "--tokenizer", "none"])
-    assert "01_scrape.py" in str(exc.value) and "nope.jsonl" in str(exc.value)
+def test_missing_input_exits_1_with_one_line_naming_the_scrape_stage(tmp_path):
+    proc = run_02("--in", str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path / "out"), "--tokenizer", "none")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "01_scrape.py" in proc.stderr and "nope.jsonl" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
-def test_missing_input_exits_non_zero_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "02_preprocess.py"), "--in", str(tmp_path / "nope.jsonl"),
-                           "--tokenizer", "none"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode != 0
-    assert "01_scrape.py" in proc.stderr and "Traceback" not in proc.stderr
+def _help_entries(text: str) -> dict[str, str]:
+    """--help's options section as {"--min-chars": "its help text", ...}."""
+    entries, current = {}, None
+    for line in text.split("options:", 1)[1].splitlines():
+        match = re.match(r"\s{2}(-\w, )?(--[\w-]+)", line)
+        if match:
+            current = match.group(2)
+            entries[current] = line
+        elif current:
+            entries[current] += " " + line.strip()
+    return {k: re.sub(r"\s+", " ", v) for k, v in entries.items()}
 
 
-def test_help_lists_the_options():
-    proc = subprocess.run([sys.executable, str(ROOT / "02_preprocess.py"), "--help"],
-                          capture_output=True, text=True, cwd=ROOT)
+def test_help_gives_every_option_a_text_and_its_real_default_once():
+    proc = run_02("--help")
     assert proc.returncode == 0
-    for option in ("--in", "--out-dir", "--split", "--seed", "--val-fraction", "--min-chars",
-                   "--near-dup-threshold", "--tokenizer"):
-        assert option in proc.stdout
+    entries = _help_entries(proc.stdout)
+    flags = {"--help", "--allow-incomplete", "--verbose"}
+    assert set(entries) == flags | {"--in", "--out-dir", "--split", "--seed", "--val-fraction", "--min-chars",
+                                    "--max-chars", "--languages", "--near-dup-threshold", "--tokenizer"}
+    for option, entry in entries.items():
+        assert entry.count("(default:") == (0 if option in flags else 1), entry
+        assert "(default: None)" not in entry and "(default: False)" not in entry
+    expected = {"--split": "chronological", "--seed": "42", "--val-fraction": "0.1", "--min-chars": "400",
+                "--max-chars": "50000", "--languages": "en", "--near-dup-threshold": "0.8",
+                "--tokenizer": "smollm2-135m", "--in": "articles.jsonl)"}
+    for option, default in expected.items():
+        assert re.search(rf"\(default: [^)]*{re.escape(default)}", entries[option]), entries[option]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,8 +719,6 @@ def test_help_lists_the_options():
 
 def corpus_to_raw(item: dict) -> dict:
     """A shared-corpus item as 01_scrape.py would have written it."""
-    from zoneinfo import ZoneInfo
-
     published = datetime.strptime(item["date"], "%Y-%m-%d %H:%M").replace(tzinfo=ZoneInfo("Europe/Berlin"))
     return {
         "id": item["id"],
@@ -690,7 +742,7 @@ def corpus_raw(shared_corpus) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus_cleaned(corpus_raw) -> dict[str, str]:
-    return {r["id"]: pp.clean_text(r["text"], title=r["title"])[0] for r in corpus_raw}
+    return {r["id"]: clean_text(r["text"], title=r["title"])[0] for r in corpus_raw}
 
 
 LEFTOVERS = {
@@ -730,8 +782,8 @@ def test_corpus_cleaning_keeps_ordinary_text(corpus_raw, corpus_cleaned):
     lost = []
     for raw in corpus_raw:
         cleaned = set(paras(corpus_cleaned[raw["id"]]))
-        title = pp.normalize_title(raw["title"]).casefold()
-        for p in pp.split_paragraphs(pp.normalize_unicode(raw["text"])):
+        title = normalize_title(raw["title"]).casefold()
+        for p in split_paragraphs(normalize_unicode(raw["text"])):
             if BOILERPLATE_HINT.search(p) or p.casefold() == title:
                 continue
             total += len(p)
@@ -744,8 +796,13 @@ def test_corpus_cleaning_keeps_ordinary_text(corpus_raw, corpus_cleaned):
     assert share >= 0.99
 
 
-def test_corpus_preprocess_figures(corpus_raw):
-    train, val, report = pp.preprocess(corpus_raw, progress=False)
+@pytest.fixture(scope="module")
+def corpus_preprocessed(corpus_raw, detector) -> tuple[list[dict], list[dict], dict]:
+    return preprocess(corpus_raw, detector=detector, progress=False)
+
+
+def test_corpus_preprocess_figures(corpus_preprocessed):
+    train, val, report = corpus_preprocessed
     a, c = report["articles"], report["cleaning"]
     print(f"\narticles in {a['in']}, out {a['out']} (train {a['train']}, validation {a['validation']}); "
           f"dropped {report['dropped']['too_short']['count']} short, {report['dropped']['exact_duplicate']['count']} "
@@ -758,3 +815,20 @@ def test_corpus_preprocess_figures(corpus_raw):
     assert report["checks"] == {"ids_in_both_splits": [], "validation_near_duplicates_in_train": []}
     assert 2.0 < c["percent_chars_removed"] < 15.0
     assert c["rules"]["contact_block"]["articles"] >= 90 and c["rules"]["co2_summary"]["articles"] >= 90
+
+
+def test_corpus_language_filter_keeps_every_english_article_and_is_fast(corpus_raw, corpus_preprocessed):
+    """A PressClub id ends in its language (T0454734EN); every English article long enough to keep
+    stays, and only the others go."""
+    train, val, report = corpus_preprocessed
+    too_short = {a["id"] for a in report["dropped"]["too_short"]["articles"]}
+    english = {r["id"] for r in corpus_raw if r["id"].endswith("EN")} - too_short
+    other = {r["id"] for r in corpus_raw if not r["id"].endswith("EN")} - too_short
+    kept = {r["id"] for r in train + val}
+    dropped = {a["id"] for a in report["dropped"]["other_language"]["articles"]}
+    seconds = report["timings"]["language_s"]
+    print(f"\nlanguage detection: {report['language']['detected']} in {seconds:.2f} s for "
+          f"{sum(report['language']['detected'].values())} articles; dropped {sorted(dropped)}")
+    assert english <= kept
+    assert dropped == other
+    assert seconds < 30  # a loose bound for a shared 2-core machine

@@ -1,0 +1,355 @@
+"""The depth study's report section (issue 8): how much depth SmolLM2 can lose, and how well training heals it.
+
+Reads only the study's own files, each optional (a missing one becomes a note, never an error):
+- `outputs/prune/removal_curve.json` (`04 --curve`): five methods' chosen sets and the calibration and
+  validation perplexity for k = 0 … K blocks removed;
+- `outputs/prune/block_importance.json` (04) and `outputs/prune/block_scores_finetuned.json`
+  (`04 --scores-only --model outputs/runs/full/model`): per-block importance before and after fine-tuning;
+- `outputs/study/runs/<name>/pruned/run.json` for the four healing runs and `outputs/runs/full/run.json`
+  (the fine-tuned full model, the teacher and the target of the healing).
+
+`depth_section(study, figures)` returns the markdown; `plot_removal_curve` and `plot_importance_shift`
+return PNG bytes; `render(study, out_dir)` writes `depth.md` and both figures (what `make study` runs last,
+`python -m bmwlm.report.depth`). 06_report.py can call `load_study` + `depth_section` + the plots to include
+the section in report.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MultipleLocator, NullFormatter  # noqa: E402
+
+from bmwlm.config import BLOCK_IMPORTANCE_FILE, OUTPUTS_DIR, RUNS_DIR  # noqa: E402
+from bmwlm.io import BadRecordError, MissingInputError, write_together  # noqa: E402
+from bmwlm.prune.budget import spearman  # noqa: E402
+from bmwlm.records.prune import (  # noqa: E402
+    FINETUNED_SCORES_FILE, REMOVAL_CURVE_FILE, BlockImportance, BlockScore, BlockScoring, RemovalCurve,
+)
+from bmwlm.records.training import RunSummary, run_files  # noqa: E402
+from bmwlm.report.text import NA, fmt, fmt_count, fmt_seconds, md_row  # noqa: E402
+
+STUDY_DIR = OUTPUTS_DIR / "study"
+STUDY_RUNS_DIR = STUDY_DIR / "runs"
+STUDY_REPORT_DIR = STUDY_DIR / "report"
+# The four healing runs: (cut, healing) -> folder under outputs/study/runs/ (each holds pruned/run.json)
+HEALING_RUNS = {("one_block", "fine-tune"): "one_block_ft", ("one_block", "distill"): "one_block_kd",
+                ("deep_cut", "fine-tune"): "deep_cut_ft", ("deep_cut", "distill"): "deep_cut_kd"}
+FIGURES = ("removal_curve.png", "importance_shift.png")
+# Okabe-Ito, one colour and marker per method in every figure
+METHOD_STYLE = {"loss_increase": ("#0072B2", "o"), "iterative_loss": ("#009E73", "s"),
+                "block_influence": ("#E69F00", "^"), "angular_span": ("#CC79A7", "D"), "last_blocks": ("#666666", "v")}
+DPI = 140
+
+
+@dataclass
+class Study:
+    curve: RemovalCurve | None = None
+    before: BlockImportance | None = None  # 04's scores of the base model
+    after: BlockScoring | None = None  # the same scores of the fine-tuned full model
+    runs: dict[str, RunSummary] = field(default_factory=dict)  # HEALING_RUNS folder name -> run.json
+    full: RunSummary | None = None  # the fine-tuned full model's run (teacher, gap target)
+    notes: dict[str, str] = field(default_factory=dict)  # what is missing, and why
+
+
+def _try(notes: dict, key: str, load):
+    try:
+        return load()
+    except (MissingInputError, BadRecordError, OSError, ValueError) as exc:
+        notes[key] = str(exc)
+        return None
+
+
+def load_study(curve_file: Path = REMOVAL_CURVE_FILE, importance_file: Path = BLOCK_IMPORTANCE_FILE,
+               finetuned_scores_file: Path = FINETUNED_SCORES_FILE, study_runs_dir: Path = STUDY_RUNS_DIR,
+               runs_dir: Path = RUNS_DIR) -> Study:
+    """Every study record that exists; `notes` says why the others are absent."""
+    s = Study()
+    s.curve = _try(s.notes, "curve", lambda: RemovalCurve.load(curve_file, "04_prune_layer.py --curve (make study)"))
+    s.before = _try(s.notes, "before", lambda: BlockImportance.load(importance_file, "04_prune_layer.py (make prune)"))
+    s.after = _try(s.notes, "after", lambda: BlockScoring.load(
+        finetuned_scores_file, "04_prune_layer.py --scores-only --model outputs/runs/full/model (make study)"))
+    s.full = _try(s.notes, "full", lambda: run_files("full", runs_dir).summary())
+    for name in HEALING_RUNS.values():
+        run = _try(s.notes, name, lambda n=name: RunSummary.load(Path(study_runs_dir) / n / "pruned" / "run.json",
+                                                                  "make study"))
+        if run is not None:
+            s.runs[name] = run
+    return s
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=DPI)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
+    """Perplexity against blocks removed, a line per method; calibration (where the sets were chosen) on the
+    left, validation (reporting) on the right, one log scale for both."""
+    if not curve.curves:
+        return None
+    panels = [("calibration_perplexity", f"Calibration sample ({fmt_count(curve.calibration.predicted_tokens)} "
+                                         "training tokens):\nwhere the blocks were chosen")]
+    if curve.validation_tokens:
+        panels.append(("validation_perplexity", f"Validation split ({fmt_count(curve.validation_tokens)} tokens):\n"
+                                                "scored after every choice"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), sharey=True, squeeze=False)
+    values = [getattr(p, key) for pts in curve.curves.values() for p in pts for key, _ in panels
+              if getattr(p, key) is not None]
+    k_max = curve.max_removed
+    for ax, (key, title) in zip(axes[0], panels):
+        ends = []
+        for method in curve.methods:
+            pts = [p for p in curve.curves.get(method, []) if getattr(p, key) is not None]
+            if not pts:
+                continue
+            color, marker = METHOD_STYLE.get(method, ("0.3", "o"))
+            ax.plot([p.k for p in pts], [getattr(p, key) for p in pts], color=color, marker=marker, ms=5, lw=2,
+                    label=curve.method_labels.get(method, method), alpha=0.9)
+            ends.append((getattr(pts[-1], key), method, color))
+        base = curve.curves[curve.methods[0]][0]
+        ax.axhline(getattr(base, key), color="0.2", lw=0.8, ls=":")
+        ax.text(k_max + 0.2, getattr(base, key) * 1.04, f"intact model: {getattr(base, key):.1f}", fontsize=8.5,
+                color="0.2", ha="right", va="bottom")
+        if curve.deep_cut is not None:
+            cut = curve.curves.get(curve.deep_cut.method, [])
+            if len(cut) > k_max and getattr(cut[k_max], key) is not None:
+                ax.plot([k_max], [getattr(cut[k_max], key)], "o", ms=14, mfc="none", mec="black", mew=1.5, zorder=4)
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10.5)
+        ax.set_xlabel(f"blocks removed (of {curve.n_blocks})")
+        ax.xaxis.set_major_locator(MultipleLocator(1))
+        ax.set_xlim(-0.3, k_max + 0.3)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_axisbelow(True)
+    ax0 = axes[0][0]
+    lo, hi = min(values), max(values)
+    ax0.set_ylim(lo * 0.8, hi * 1.25)
+    ax0.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax0.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax0.yaxis.set_minor_formatter(NullFormatter())
+    ax0.set_ylabel("perplexity (log scale, lower is better)")
+    handles, labels = ax0.get_legend_handles_labels()
+    if curve.deep_cut is not None:
+        handles.append(plt.Line2D([], [], marker="o", ms=10, mfc="none", mec="black", ls=""))
+        labels.append(f"deep cut trained in the study ({curve.deep_cut.method}, k = {k_max})")
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8.5, frameon=False)
+    fig.suptitle(f"Removing blocks from {curve.base_model} before any fine-tuning ({curve.precision})", fontsize=12)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.97))
+    return _png(fig)
+
+
+def plot_importance_shift(before: list[BlockScore], after: list[BlockScore], before_label: str = "base model",
+                          after_label: str = "fine-tuned full model") -> bytes | None:
+    """Per-block loss increase when skipped, before and after fine-tuning, side by side. A symlog scale when
+    a few blocks dwarf the rest (SmolLM2's first block costs nats, the cheapest ones hundredths)."""
+    if not before or not after or len(before) != len(after):
+        return None
+    blocks = [s.block for s in before]
+    b, a = [s.importance for s in before], [s.importance for s in after]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.3 * len(blocks) + 3), 4.8))
+    w = 0.4
+    ax.bar([x - w / 2 for x in blocks], b, w, color="#8C9DB0", label=before_label)
+    ax.bar([x + w / 2 for x in blocks], a, w, color="#0072B2", label=after_label)
+    magnitudes = sorted(abs(v) for v in b + a if v != 0) or [1.0]
+    typical = magnitudes[len(magnitudes) // 2]
+    if magnitudes[-1] > 20 * typical:
+        linthresh = float(f"{typical:.1g}")
+        ax.set_yscale("symlog", linthresh=linthresh, linscale=0.7)
+        scale_note = f"symlog: linear within ±{linthresh:g}"
+    else:
+        scale_note = "linear"
+    for values, dx, color, name in ((b, -w / 2, "#4A5A6A", "before"), (a, w / 2, "#0072B2", "after")):
+        k = min(range(len(values)), key=lambda i: (values[i], i))
+        ax.annotate(f"least\n{name}", xy=(blocks[k] + dx, max(values[k], 0)), xytext=(0, 26 if name == "after" else 48),
+                    textcoords="offset points", ha="center", fontsize=8, color=color,
+                    arrowprops=dict(arrowstyle="->", color=color, lw=1))
+    ax.axhline(0, color="0.2", lw=0.8)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.set_ylabel(f"loss increase when skipped\n(nats / token, {scale_note})")
+    ax.set_xlabel("block index")
+    ax.xaxis.set_major_locator(MultipleLocator(1 if len(blocks) <= 32 else 4))
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlim(min(blocks) - 0.7, max(blocks) + 0.7)
+    lo, hi = min(b + a + [0.0]), max(b + a + [0.0])
+    if ax.get_yscale() == "linear":
+        pad = 0.25 * (hi - lo or 1.0)
+        ax.set_ylim(lo - 0.05 * pad, hi + pad)
+    else:
+        ax.set_ylim(lo * 1.5 if lo < 0 else 0, hi * 4)
+    rho = spearman(b, a)
+    ax.set_title(f"Block importance before and after fine-tuning (rank correlation {rho:.2f})", fontsize=11)
+    ax.legend(fontsize=9, loc="upper center", ncol=2, framealpha=0.9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def figures(study: Study) -> dict[str, bytes]:
+    out = {}
+    if study.curve is not None:
+        png = plot_removal_curve(study.curve)
+        if png:
+            out["removal_curve.png"] = png
+    if study.before is not None and study.after is not None:
+        png = plot_importance_shift(study.before.scores, study.after.scores)
+        if png:
+            out["importance_shift.png"] = png
+    return out
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _ppl(loss) -> float | None:
+    return math.exp(loss) if loss is not None else None
+
+
+def gap_closed(before: float | None, after: float | None, target: float | None) -> float | None:
+    """Share of the perplexity gap between the cut model and the target that training closed."""
+    if None in (before, after, target) or before == target:
+        return None
+    return (before - after) / (before - target)
+
+
+def curve_table(curve: RemovalCurve) -> list[str]:
+    ks = range(curve.max_removed + 1)
+    lines = [md_row(["method", *[f"k = {k}" for k in ks]]), md_row(["---"] * (len(ks) + 1))]
+    for method in curve.methods:
+        pts = curve.curves.get(method, [])
+        cells = [f"{fmt(p.validation_perplexity, '.1f')} ({fmt(p.calibration_perplexity, '.1f')})" for p in pts]
+        lines.append(md_row([curve.method_labels.get(method, method), *cells]))
+    lines += ["", f"Blocks each method removes at k = {curve.max_removed}: " + "; ".join(
+        f"{curve.method_labels.get(m, m)} {curve.curves[m][-1].blocks}" for m in curve.methods if m in curve.curves) + "."]
+    return lines
+
+
+def healing_table(study: Study, cut_blocks: dict[str, str]) -> list[str]:
+    full_ppl = _ppl(study.full.final_eval_loss) if study.full else None
+    lines = [md_row(["cut", "healing", "val. perplexity before", "after", "share of the gap to the fine-tuned full "
+                     "model closed", "tokens/s", "training time"]), md_row(["---"] * 7)]
+    for (cut, healing), name in HEALING_RUNS.items():
+        run = study.runs.get(name)
+        if run is None:
+            lines.append(md_row([cut_blocks.get(cut, cut), healing, NA, NA, NA, NA, f"not run ({name})"]))
+            continue
+        before, after = _ppl(run.initial_eval_loss), _ppl(run.final_eval_loss)
+        share = gap_closed(before, after, full_ppl)
+        lines.append(md_row([cut_blocks.get(cut, cut), healing, fmt(before, ".2f"), fmt(after, ".2f"),
+                             f"{100 * share:.0f}%" if share is not None else NA, fmt(run.tokens_per_s, ".0f"),
+                             fmt_seconds(run.train_seconds)]))
+    if study.full:
+        lines.append(md_row([f"none ({study.full.blocks} blocks)", "fine-tune (`outputs/runs/full`)", fmt(_ppl(study.full.initial_eval_loss)),
+                             fmt(full_ppl), "target", fmt(study.full.tokens_per_s, ".0f"),
+                             fmt_seconds(study.full.train_seconds)]))
+    return lines
+
+
+def depth_section(study: Study, figure_paths: dict[str, str] | None = None, heading: str = "## Depth study") -> str:
+    """The section's markdown; `figure_paths` maps FIGURES names to the links to use (absent: no image)."""
+    figure_paths = figure_paths or {}
+    out = [heading, ""]
+    c = study.curve
+    if c is None:
+        out += [f"_No removal curve ({study.notes.get('curve', 'not run')})._", ""]
+    else:
+        cal = c.calibration
+        out += [
+            f"Blocks of `{c.base_model}` ({c.n_blocks}) removed by five methods, k = 0 … {c.max_removed} "
+            f"(about a quarter of the depth). Every choice is made on the calibration sample "
+            f"({fmt_count(cal.predicted_tokens)} tokens in {cal.windows} evenly spaced windows of the training "
+            f"split, {cal.articles} articles, {str(cal.first_published)[:10]} … {str(cal.last_published)[:10]}); "
+            f"the validation split ({fmt_count(c.validation_tokens)} tokens) is scored only afterwards. "
+            f"Scores in {c.precision}, no fine-tuning.",
+            "",
+            "Validation perplexity (calibration perplexity in brackets) with k blocks removed:",
+            "",
+            *curve_table(c),
+            "",
+        ]
+        if c.deep_cut is not None:
+            d = c.deep_cut
+            out += [f"Deep cut for the healing runs: `{d.method}` has the lowest calibration perplexity at "
+                    f"k = {c.max_removed} and removes blocks {d.blocks} ({fmt_count(d.parameters)} parameters left).", ""]
+        if "removal_curve.png" in figure_paths:
+            out += [f"![Perplexity against blocks removed]({figure_paths['removal_curve.png']})", ""]
+    cut_blocks = {"one_block": f"block {study.before.removed_block}" if study.before else "one block",
+                  "deep_cut": f"{len(c.deep_cut.blocks)} blocks {c.deep_cut.blocks}" if c and c.deep_cut else "deep cut"}
+    out += ["### Healing: fine-tuning vs distillation from the fine-tuned full model", ""]
+    if not study.runs:
+        out += ["_No healing run found (outputs/study/runs/; `make study`)._", ""]
+    else:
+        teacher = next((r.loss.split("distillation from ", 1)[1] for r in study.runs.values()
+                        if "distillation from" in r.loss), None)
+        out += [
+            "Every run uses the recipe of the two main variants (`TrainConfig`, same steps and tokens); "
+            "distillation replaces the loss by the KL divergence to the teacher's next-token distributions"
+            + (f" (teacher: {teacher})" if teacher else "") + ". Perplexity on the validation split before and after "
+            "training; the share is (before − after) / (before − fine-tuned full model). One training seed per run and "
+            "no interval: a difference between two rows smaller than the seed-to-seed spread of the main variants "
+            "is not a finding.",
+            "",
+            *healing_table(study, cut_blocks),
+            "",
+        ]
+    out += ["### Does fine-tuning move importance?", ""]
+    if study.before is None or study.after is None:
+        missing = "; ".join(study.notes[k] for k in ("before", "after") if k in study.notes)
+        out += [f"_Not measured ({missing or 'missing scores'})._", ""]
+    else:
+        b, a = study.before, study.after
+        rho = spearman([s.importance for s in b.scores], [s.importance for s in a.scores])
+        least_b = min(b.scores, key=lambda s: (s.importance, s.block)).block
+        out += [f"The same scoring (loss increase when skipped, {a.precision}, the same calibration sample) of the "
+                f"base model and of the fine-tuned full model: rank correlation {rho:.2f}; least important block "
+                f"{least_b} before, {a.least_important} after. The fine-tuned model has seen the calibration "
+                "tokens in training (they come from the training split), so its losses are lower overall; "
+                "the ranking is what compares.", ""]
+        if "importance_shift.png" in figure_paths:
+            out += [f"![Block importance before and after fine-tuning]({figure_paths['importance_shift.png']})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render(study: Study, out_dir: Path = STUDY_REPORT_DIR) -> Path:
+    """Write depth.md and its figures into `out_dir` (one atomic commit)."""
+    pngs = figures(study)
+    md = depth_section(study, {name: name for name in pngs}, heading="# Depth study")
+    out_dir = Path(out_dir)
+    write_together({out_dir / "depth.md": md, **{out_dir / n: png for n, png in pngs.items()}})
+    return out_dir / "depth.md"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Write the depth study's section (depth.md + figures) from its records.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--curve-file", type=Path, default=REMOVAL_CURVE_FILE, help="04 --curve's record")
+    p.add_argument("--importance-file", type=Path, default=BLOCK_IMPORTANCE_FILE, help="04's record (base model)")
+    p.add_argument("--finetuned-scores-file", type=Path, default=FINETUNED_SCORES_FILE,
+                   help="04 --scores-only's record for the fine-tuned full model")
+    p.add_argument("--study-runs-dir", type=Path, default=STUDY_RUNS_DIR, help="the healing runs")
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="03's runs (the fine-tuned full model)")
+    p.add_argument("--out-dir", type=Path, default=STUDY_REPORT_DIR, help="where depth.md and the figures go")
+    args = p.parse_args(argv)
+    study = load_study(args.curve_file, args.importance_file, args.finetuned_scores_file, args.study_runs_dir,
+                       args.runs_dir)
+    print(render(study, args.out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The depth study's report section (bmwlm.report.depth) from hand-made records."""
+import math
+
+import pytest
+
+from bmwlm.prune.methods import METHOD_LABELS, METHODS
+from bmwlm.records.prune import (
+    BlockImportance, BlockScore, BlockScoring, CalibrationSample, CurvePoint, DeepCut, RemovalCurve, RemovalResult,
+    StudyScores,
+)
+from bmwlm.records.training import RunSummary
+from bmwlm.report import depth
+
+N, K = 6, 2
+
+
+def calibration() -> CalibrationSample:
+    return CalibrationSample(file="data/processed/train.jsonl", rule="evenly spaced", block_size=256, windows=4,
+                             windows_total=40, predicted_tokens=1020, budget_tokens=1020, budget_reason="test",
+                             articles=9, articles_total=40, first_published="2024-10-31T11:00:00",
+                             last_published="2025-11-05T11:00:00", validation_articles_checked=5)
+
+
+def curve() -> RemovalCurve:
+    curves = {}
+    for i, m in enumerate(METHODS):
+        pts = []
+        for k in range(K + 1):
+            cl, vl = 3.0 + 0.1 * k * (i + 1), 3.5 + 0.12 * k * (i + 1)
+            pts.append(CurvePoint(k=k, blocks=list(range(2, 2 + k)), calibration_loss=cl,
+                                  calibration_perplexity=math.exp(cl), validation_loss=vl,
+                                  validation_perplexity=math.exp(vl)))
+        curves[m] = pts
+    return RemovalCurve(
+        base_model="tiny", base_model_path="tiny", n_blocks=N, max_removed=K, methods=list(METHODS),
+        method_labels=dict(METHOD_LABELS), calibration=calibration(), validation_file="v.jsonl", validation_tokens=900,
+        baseline_calibration_loss=3.0, baseline_validation_loss=3.5,
+        scores=StudyScores(delta_loss=[1.0] * N, block_influence=[0.1] * N, angular_distance={"1": [0.1] * 5},
+                           angular_distance_all_tokens={"1": [0.1] * 5}, iterative=[]),
+        curves=curves, deep_cut=DeepCut(method="loss_increase", blocks=[2, 3], output_dir="cut", parameters=1000),
+        precision="float32", device="cpu", block_size=256, batch_size=8, threads=1, cpu_model="cpu", seconds=1.0)
+
+
+def scores(deltas):
+    return [BlockScore(block=i, loss_without=3 + d, delta_loss=d, cosine_similarity=0.9, importance=d)
+            for i, d in enumerate(deltas)]
+
+
+BEFORE = [2.0, 0.9, 0.05, 0.2, 0.3, 1.5]
+AFTER = [2.5, 0.7, 0.2, 0.04, 0.3, 1.9]
+
+
+def importance() -> BlockImportance:
+    return BlockImportance(base_model="tiny", base_model_path="tiny", method="loss_increase", eval_tokens=1020,
+                           baseline_loss=3.0, scores=scores(BEFORE), selection="auto", removed_block=2,
+                           naive_comparison={"chosen": RemovalResult(block=2, loss=3.05)}, output_dir="x",
+                           parameters_before=10, parameters_after=9, blocks_before=N, blocks_after=N - 1, seconds=1.0)
+
+
+def finetuned() -> BlockScoring:
+    return BlockScoring(model="full", model_path="full", method="loss_increase", eval_tokens=1020, baseline_loss=2.0,
+                        scores=scores(AFTER), least_important=3, calibration=calibration(), precision="float32",
+                        device="cpu", block_size=256, threads=1, cpu_model="cpu", scoring_seconds=1.0, seconds=1.0)
+
+
+def run(initial_ppl, final_ppl, loss="chunked output layer, 512 positions", blocks=N - 1) -> RunSummary:
+    return RunSummary(
+        variant="pruned", base_model="m", base_model_path="m", config={}, overrides={}, seed=42, versions={},
+        cpu_model="cpu", threads=1, precision="float32", compiled=False, loss=loss, parameters=1, blocks=blocks,
+        train_blocks=1, validation_blocks=1, validation_blocks_total=1, validation_subset="all", steps=1, epochs=1.0,
+        tokens_seen=1, train_seconds=600.0, eval_seconds=1.0, wall_seconds=700.0, tokens_per_s=800.0,
+        bf16_matmul_gflops=1.0, share_of_bf16_peak=0.1, initial_eval_loss=math.log(initial_ppl),
+        final_eval_loss=math.log(final_ppl), final_train_loss=1.0, resumed_from_step=None, train_file="t",
+        validation_file="v", finished_at="now")
+
+
+def full_study() -> depth.Study:
+    kd = "chunked output layer, 512 positions; distillation from outputs/runs/full/model (alpha 1.0, temperature 1.0)"
+    return depth.Study(curve=curve(), before=importance(), after=finetuned(), full=run(37.0, 15.0, blocks=N),
+                       runs={"one_block_ft": run(40.0, 16.0), "one_block_kd": run(40.0, 20.0, kd),
+                             "deep_cut_ft": run(90.0, 35.0, blocks=N - K), "deep_cut_kd": run(90.0, 30.0, kd, N - K)})
+
+
+def test_the_gap_closed_is_the_share_of_the_distance_to_the_target():
+    assert depth.gap_closed(40.0, 16.0, 15.0) == pytest.approx(24 / 25)
+    assert depth.gap_closed(40.0, 40.0, 15.0) == 0.0
+    assert depth.gap_closed(None, 16.0, 15.0) is None and depth.gap_closed(15.0, 14.0, 15.0) is None
+
+
+def test_the_section_tables_every_method_every_healing_run_and_the_importance_shift():
+    md = depth.depth_section(full_study(), {"removal_curve.png": "removal_curve.png"})
+    for label in METHOD_LABELS.values():
+        assert f"| {label} |" in md
+    assert f"{math.exp(3.5 + 0.12 * 2):.1f} ({math.exp(3.0 + 0.1 * 2):.1f})" in md  # k = 2, one-pass: val (cal)
+    assert "removes blocks [2, 3]" in md and "![Perplexity against blocks removed](removal_curve.png)" in md
+    assert "| block 2 | fine-tune | 40.00 | 16.00 | 96% |" in md
+    assert "| 2 blocks [2, 3] | distill | 90.00 | 30.00 | 80% |" in md  # (90 - 30) / (90 - 15)
+    assert "(teacher: outputs/runs/full/model (alpha 1.0, temperature 1.0))" in md and "One training seed per run" in md
+    assert "least important block 2 before, 3 after" in md
+    assert "importance_shift.png" not in md  # no figure link unless it was drawn
+
+
+def test_a_study_without_files_says_what_is_missing_instead_of_failing(tmp_path):
+    study = depth.load_study(tmp_path / "curve.json", tmp_path / "imp.json", tmp_path / "ft.json", tmp_path / "runs",
+                             tmp_path / "runs")
+    assert study.curve is None and not study.runs and "curve" in study.notes
+    md = depth.depth_section(study)
+    assert "No removal curve" in md and "No healing run found" in md and "Not measured" in md
+    assert depth.figures(study) == {}
+
+
+def test_render_writes_the_section_and_both_figures(tmp_path):
+    out = depth.render(full_study(), tmp_path / "report")
+    md = out.read_text()
+    assert "![Block importance before and after fine-tuning](importance_shift.png)" in md
+    for name in depth.FIGURES:
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

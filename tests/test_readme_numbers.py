@@ -1,0 +1,30 @@
+"""The README's results tables equal what the committed result files under docs/results/ say."""
+from __future__ import annotations
+
+import re
+
+from bmwlm.report import readme
+from tests.conftest import ROOT
+
+
+def _text() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_has_the_generated_tables():
+    names = {m.group("name") for m in readme.BLOCK_RE.finditer(_text())}
+    assert {"data", "rules"} <= names
+
+
+def test_every_generated_readme_table_matches_the_committed_result_files():
+    assert readme.check_readme(_text()) == []
+
+
+def test_a_number_changed_in_the_readme_is_caught():
+    text = _text()
+    m = next(readme.BLOCK_RE.finditer(text))
+    body = m.group("body")
+    digit = re.search(r"\d", body)
+    changed = body[:digit.start()] + str((int(digit.group()) + 1) % 10) + body[digit.end():]
+    tampered = text[:m.start("body")] + changed + text[m.end("body"):]
+    assert readme.check_readme(tampered) == [f"{m.group('name')}: differs from docs/results"]
