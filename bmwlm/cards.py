@@ -4,8 +4,9 @@ Every `save_pretrained` directory the pipeline writes gets a `README.md` in the 
 metadata (`base_model`, `license`, `language`, `tags`, `datasets`, a `model-index` with the measured
 results) rendered by `huggingface_hub.ModelCardData`, then prose sections: what it is, how it was
 made, results, intended use, limits. The stage that writes a model writes its card (04 the pruned
-base, 03 each fine-tuned variant); 05 rewrites the cards with its measurements once they exist. 02
-writes the dataset card beside the processed splits.
+base, 03 each fine-tuned variant, with the results it measured itself); `eval_results` turns 05's
+measurements into card results for when 05 rewrites the cards. 02 writes the dataset card beside the
+processed splits.
 """
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def render_model_card(facts: ModelFacts) -> str:
         facts.summary,
         "## How it was made\n" + "\n".join(f"- {line}" for line in [f"Base model: {origin}.", *facts.how_made]),
         "## Results\n" + ("| measure | data | value |\n|---|---|---|\n" + results if results else
-                          "Not measured yet: `05_evaluate.py` adds its measurements to this card."),
+                          "Not measured yet."),
         "## Intended use\nResearch and teaching: how far a small open model adapts to one company's press "
         "releases, and what removing a transformer block costs. Load it with "
         "`AutoModelForCausalLM.from_pretrained(<this folder>)`.",
