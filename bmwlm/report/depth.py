@@ -16,7 +16,6 @@ the section in report.md.
 from __future__ import annotations
 
 import argparse
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MultipleLocator, NullFo
 from bmwlm.config import BLOCK_IMPORTANCE_FILE, OUTPUTS_DIR, RUNS_DIR  # noqa: E402
 from bmwlm.io import BadRecordError, MissingInputError, write_together  # noqa: E402
 from bmwlm.prune.budget import spearman  # noqa: E402
+from bmwlm.report.figures import png_bytes  # noqa: E402
 from bmwlm.records.prune import (  # noqa: E402
     FINETUNED_SCORES_FILE, REMOVAL_CURVE_FILE, BlockImportance, BlockScore, BlockScoring, RemovalCurve,
 )
@@ -46,7 +46,6 @@ FIGURES = ("removal_curve.png", "importance_shift.png")
 # Okabe-Ito, one colour and marker per method in every figure
 METHOD_STYLE = {"loss_increase": ("#0072B2", "o"), "iterative_loss": ("#009E73", "s"),
                 "block_influence": ("#E69F00", "^"), "angular_span": ("#CC79A7", "D"), "last_blocks": ("#666666", "v")}
-DPI = 140
 
 
 @dataclass
@@ -86,15 +85,6 @@ def load_study(curve_file: Path = REMOVAL_CURVE_FILE, importance_file: Path = BL
 
 
 # ---------------------------------------------------------------- figures
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=DPI)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
 
 
 def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
@@ -150,7 +140,7 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8.5, frameon=False)
     fig.suptitle(f"Removing blocks from {curve.base_model} before any fine-tuning ({curve.precision})", fontsize=12)
     fig.tight_layout(rect=(0, 0.1, 1, 0.97))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_importance_shift(before: list[BlockScore], after: list[BlockScore], before_label: str = "base model",
@@ -197,7 +187,7 @@ def plot_importance_shift(before: list[BlockScore], after: list[BlockScore], bef
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def figures(study: Study) -> dict[str, bytes]:

@@ -45,7 +45,8 @@ def smooth(values, window: int) -> list[float]:
             for i in range(len(vals))]
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """A figure as PNG bytes (closed afterwards), for writing together with report.md."""
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=DPI)
@@ -105,7 +106,7 @@ def plot_loss_curves(logs: dict[str, list[LogLine]], window: int | None = None) 
     ax.set_xlim(-0.015 * xmax, xmax * 1.02 if xmax else 1)
     ax.legend(fontsize=8.5, loc="upper right", framealpha=0.9)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_perplexity(metrics: Metrics, block: int | None = None) -> bytes | None:
@@ -158,7 +159,7 @@ def plot_perplexity(metrics: Metrics, block: int | None = None) -> bytes | None:
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _clip_top(values: list[float]) -> float | None:
@@ -238,7 +239,7 @@ def plot_block_importance(importance: BlockImportance) -> bytes | None:
         fig.tight_layout(rect=(0, 0.035, 1, 1))
     else:
         fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 METHOD_STYLE = {"normalised": {"alpha": 1.0, "hatch": None}, "calibrated": {"alpha": 0.6, "hatch": ".."},
@@ -312,7 +313,7 @@ def plot_qa_accuracy(metrics: Metrics, block: int | None = None) -> bytes | None
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False,
                title="scoring method", title_fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.88))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_comparisons(metrics: Metrics) -> bytes | None:
@@ -366,7 +367,7 @@ def plot_comparisons(metrics: Metrics) -> bytes | None:
         fig.legend(handles=handles, loc="lower right", bbox_to_anchor=(box.x1, 0.0), fontsize=8.5,
                    ncol=2, frameon=False)
     fig.suptitle("Paired comparisons with 95% CI (filled marker: the interval excludes no change)", fontsize=11)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def make_figures(inputs: Inputs) -> dict[str, bytes | None]:

@@ -26,6 +26,7 @@ import torch
 from bmwlm.config import TRAIN_FULL
 from bmwlm.io import MissingInputError
 from bmwlm.modeling import load_model, load_tokenizer
+from bmwlm.train.loss import cross_entropy_chunk
 from bmwlm.train.options import DISTILL_KEYS
 from bmwlm.train.trainer import NonFiniteLossError, PackedLMTrainer
 
@@ -98,11 +99,9 @@ class ChunkedDistillLoss(torch.autograd.Function):
                         g = (s_logp.exp() - t_p).mul_(alpha * T)
                 del t_logp, s_logp
                 if alpha < 1:
-                    lse = torch.logsumexp(logits, dim=-1)
-                    total += (1 - alpha) * (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                    ce_loss, ce = cross_entropy_chunk(logits, tc, need_grad)
+                    total += (1 - alpha) * ce_loss
                     if need_grad:
-                        ce = torch.exp_(logits.sub_(lse[:, None]))
-                        ce[torch.arange(len(tc), device=ce.device), tc] -= 1.0
                         ce.mul_(1 - alpha)
                         g = ce if g is None else g.add_(ce)
                 if need_grad:

@@ -14,6 +14,18 @@ import torch
 from bmwlm.modeling import autocast_context
 
 
+def cross_entropy_chunk(logits: torch.Tensor, targets: torch.Tensor, need_grad: bool):
+    """Summed cross-entropy of one chunk of float32 `logits` and, with `need_grad`, its gradient with
+    respect to the logits (softmax - one-hot), computed in place of `logits` (which are then spent)."""
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+    if not need_grad:
+        return loss, None
+    g = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
+    g[torch.arange(len(targets), device=g.device), targets] -= 1.0
+    return loss, g
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of `hidden @ weight.T` against `targets`, `chunk` rows at a time.
 
@@ -34,11 +46,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             for s in range(0, n, chunk):
                 hc, tc = h[s:s + chunk], targets[s:s + chunk]
                 logits = (hc @ w.T).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                loss, g = cross_entropy_chunk(logits, tc, need_grad)
+                total += loss
                 if need_grad:
-                    g = torch.exp_(logits.sub_(lse[:, None]))  # softmax, in place
-                    g[torch.arange(len(tc), device=g.device), tc] -= 1.0
                     g = g.div_(n).to(dtype)
                     grad_h[s:s + chunk] = g @ w
                     grad_w += g.T @ hc
