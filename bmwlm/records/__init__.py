@@ -3,6 +3,8 @@
 | file | record | written by | read by |
 |---|---|---|---|
 | outputs/prune/block_importance.json | `prune.BlockImportance` | 04 | 03 (pruned variant), 05, 06 |
+| outputs/prune/block_scores*.json (04 --scores-only) | `prune.BlockScoring` | 04 | the depth study |
+| outputs/prune/removal_curve.json (04 --curve) | `prune.RemovalCurve` | 04 | `make study`, report.depth |
 | outputs/runs/<variant>/run.json | `training.RunSummary` | 03 | 05, 06 |
 | outputs/runs/<variant>/log.jsonl (one a line) | `training.LogLine` | 03 | 03 (--resume), 06 |
 | outputs/eval/metrics.json | `evaluation.Metrics` (`EvalSettings`, a `ModelEntry` per model key) | 05 | 06 |
