@@ -26,6 +26,9 @@ Why each measurement is made the way it is (details in each module of bmwlm/eval
   - Every comparison between two models is paired (bootstrap on the same articles or items, McNemar
     for accuracy); speed only from models timed interleaved in one process on the same inputs.
   - A missing model is reported in its entry, not fatal; the stage fails only when none could be run.
+  - Every model runs on `--device` (auto: CUDA, then MPS, then the CPU); the device is recorded.
+  - Each fine-tuned model's card (README.md in its directory, written by 03) is rewritten with these
+    results in its model-index, so the card carries the measured numbers.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bmwlm.config import (
-    BLOCK_IMPORTANCE_FILE, DEFAULT_MODEL, EVAL_DIR, GENERATIONS_FILE, METRICS_FILE, MODEL_KEYS, PRUNE, QA_FILE,
+    BLOCK_IMPORTANCE_FILE, DEFAULT_MODEL, DEVICE_CHOICES, EVAL_DIR, GENERATIONS_FILE, METRICS_FILE, MODEL_KEYS, PRUNE, QA_FILE,
     QA_PREDICTIONS_FILE, RUNS_DIR, TRAIN_FILE, VALIDATION_FILE, TrainConfig,
 )
 from bmwlm.evaluate.data import load_eval_data
@@ -103,6 +106,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="windows per timed training step (default: %(default)s)")
     p.add_argument("--cost-new-tokens", type=int, default=32,
                    help="positions generated per timed sequence (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where the models run: auto picks CUDA, then MPS, then the CPU; on a GPU the bf16 autocast "
+                        "of the perplexities becomes the device's autocast dtype (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads; 0 = the free physical cores, by the load average (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -129,13 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # and a missing input should not wait for.
     from bmwlm.evaluate.choice import METHODS, NEUTRAL_PROMPT, accuracy_interval, precision_name
     from bmwlm.evaluate.generation import REPETITION_PENALTY
-    from bmwlm.evaluate.models import empty_entry, resolve_model_specs
+    from bmwlm.evaluate.models import empty_entry, refresh_cards, resolve_model_specs
     from bmwlm.evaluate.perplexity import load_perplexity_metric
     from bmwlm.evaluate.qa import qa_prompt
     from bmwlm.evaluate.runner import EvalOptions, all_comparisons, evaluate_model, run_cost, summary_table
-    from bmwlm.hardware import set_threads, versions
+    from bmwlm.hardware import DeviceUnavailableError, resolve_device, set_threads, versions
     from bmwlm.records.evaluation import FrequencyPrior
 
+    try:
+        device = resolve_device(args.device)
+    except DeviceUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     threads = set_threads(args.threads)
     specs = resolve_model_specs(args.base_model, args.runs_dir, args.prune_file, args.model_list)
     opts = EvalOptions(block_size=args.block_size, batch_size=args.batch_size, score_batch_size=args.score_batch_size,
@@ -143,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        max_new_tokens=args.max_new_tokens, answer_new_tokens=args.answer_new_tokens,
                        questions=args.questions, perplexity_bf16=not args.fp32_perplexity,
                        choice_bf16=args.bf16_choices, precision_check=args.precision_check,
-                       precision_windows=args.precision_windows, progress=not args.no_progress)
+                       precision_windows=args.precision_windows, progress=not args.no_progress, device=str(device))
     metric = load_perplexity_metric()
 
     models: dict[str, ModelEntry] = {}
@@ -184,15 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         removed_block=specs["base_minus_block"].removed_block, block_size=args.block_size,
         windowing="non-overlapping block_size windows, EOS-separated, tail kept", batch_size=args.batch_size,
         train_slice_tokens=args.train_slice_tokens or "as validation",
-        precision={"perplexity": precision_name(opts.perplexity_bf16), "qa_and_cloze": precision_name(opts.choice_bf16),
-                   "precision_check": f"float32 and bf16 autocast ({args.precision_check})", "generation": "float32",
-                   "cost_training_step": "bf16 autocast", "cost_generation": "float32"},
+        precision={"perplexity": precision_name(opts.perplexity_bf16, device),
+                   "qa_and_cloze": precision_name(opts.choice_bf16, device),
+                   "precision_check": f"float32 and {precision_name(True, device)} ({args.precision_check})",
+                   "generation": "float32", "cost_training_step": precision_name(True, device),
+                   "cost_generation": "float32"},
         methods=METHODS, neutral_prompt=NEUTRAL_PROMPT, qa_prompt=qa_prompt("{question}") + " {option}",
         bootstrap_resamples=args.bootstrap, seed=args.seed, cloze_max=args.cloze_max,
         max_new_tokens=args.max_new_tokens, answer_new_tokens=args.answer_new_tokens,
         repetition_penalty=REPETITION_PENALTY, qa_file=display_path(args.qa_file),
         validation_file=display_path(args.validation_file), train_file=display_path(args.train_file), threads=threads,
-        torch=lib["torch"], transformers=lib["transformers"], **data.summary(),
+        torch=lib["torch"], transformers=lib["transformers"], device=str(device), **data.summary(),
         seconds=round(time.perf_counter() - started, 1),
     )
     out = args.out_dir
@@ -202,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out / GENERATIONS_FILE.name: jsonl_text(g.to_dict() for g in generations),
         out / QA_PREDICTIONS_FILE.name: jsonl_text(p.to_dict() for p in predictions),
     })
+    for card in refresh_cards(specs, models, args.prune_file):
+        log.info("model card with these results: %s", display_path(card))
     log.info("summary (perplexity over non-overlapping %d-token windows; accuracy: normalised / calibrated / "
              "prior-only):\n%s", args.block_size, summary_table(models))
     for c in comparisons:

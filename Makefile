@@ -13,7 +13,7 @@ CORPUS       ?= ../shared/corpus/pressclub_articles.jsonl
 STANDIN_PORT ?= 8765
 PYTEST_ARGS  ?=
 
-.PHONY: help install test scrape preprocess prune train train-full train-pruned evaluate report seeds seeds-commit \
+.PHONY: help install test scrape preprocess prune train train-full train-pruned evaluate report seeds publish \
         pipeline pipeline-offline scrape-offline benchmark clean
 
 help:  ## list targets
@@ -63,14 +63,18 @@ pipeline: scrape preprocess prune train evaluate report  ## every stage, live si
 pipeline-offline: scrape-offline preprocess prune train evaluate report  ## every stage, stand-in server
 
 SEEDS ?= 42 43 44
+# The default run (outputs/runs/) trains with TrainConfig.seed (42): it is reused as that seed's run, not trained twice.
 seeds: $(STAMP)  ## 03: both variants under each of SEEDS, default recipe, into outputs/seeds/seed<N>/ (hours; resumable)
+	default=$$($(PY) -c "from bmwlm.config import TrainConfig; print(TrainConfig.seed)"); \
 	for s in $(SEEDS); do for v in full pruned; do \
-	  test -f outputs/seeds/seed$$s/$$v/run.json || \
+	  test -f outputs/seeds/seed$$s/$$v/run.json && continue; \
+	  if [ $$s = $$default ] && [ -f outputs/runs/$$v/run.json ]; then \
+	    mkdir -p outputs/seeds/seed$$s && cp -al outputs/runs/$$v outputs/seeds/seed$$s/$$v && continue; fi; \
 	  $(PY) 03_train.py --variant $$v --seed $$s --runs-dir outputs/seeds/seed$$s --resume || exit 1; \
 	done; done
 
-seeds-commit:  ## copy the seed study's run.json and log.jsonl files to docs/results/seeds/ (the README reads them)
-	cd outputs && find seeds -name run.json -o -name log.jsonl | xargs -I{} cp --parents {} ../docs/results/
+publish:  ## copy the run's result files (records, seed and depth study runs, report, cards) to docs/results/
+	$(PY) -m bmwlm.report.publish
 
 benchmark: $(STAMP)  ## training / evaluation / generation throughput (not part of `make test`)
 	$(PY) tests/benchmark_training.py

@@ -4,9 +4,9 @@ Every `save_pretrained` directory the pipeline writes gets a `README.md` in the 
 metadata (`base_model`, `license`, `language`, `tags`, `datasets`, a `model-index` with the measured
 results) rendered by `huggingface_hub.ModelCardData`, then prose sections: what it is, how it was
 made, results, intended use, limits. The stage that writes a model writes its card (04 the pruned
-base, 03 each fine-tuned variant, with the results it measured itself); `eval_results` turns 05's
-measurements into card results for when 05 rewrites the cards. 02 writes the dataset card beside the
-processed splits.
+base, 03 each fine-tuned variant, with the results it measured itself); 05 then rewrites the cards of
+the models it measured with its own results (`eval_results`, `bmwlm.evaluate.models.refresh_cards`).
+02 writes the dataset card beside the processed splits.
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ class Result:
     value: float
     dataset: str  # "validation split", "BMW Q&A set", ...
     name: str = ""  # a longer label for the table
+    dataset_type: str = DATASET_ID  # the model-index groups results by type and split: the corpus, each task
+    dataset_split: str | None = None  # the corpus's "train" (calibration sample) or "validation"
 
 
 @dataclass
@@ -72,7 +74,7 @@ def hub_base_model(model: str) -> str | None:
 
 
 def _eval_results(facts: ModelFacts) -> list[EvalResult]:
-    return [EvalResult(task_type="text-generation", task_name="Causal language modelling", dataset_type=DATASET_ID,
+    return [EvalResult(task_type="text-generation", task_name="Causal language modelling", dataset_type=r.dataset_type, dataset_split=r.dataset_split,
                        dataset_name=r.dataset, metric_type=r.metric, metric_value=round(float(r.value), 4),
                        metric_name=r.name or r.metric) for r in facts.results]
 
@@ -191,7 +193,8 @@ def pruned_base_facts(record: BlockImportance) -> ModelFacts:
     why = ("the block whose removal raised the calibration loss least" if record.selection == "auto"
            else "chosen by hand (--block)")
     results = [Result("loss", record.naive_comparison["chosen"].loss, "calibration sample",
-                      "mean loss with the block removed")] if "chosen" in record.naive_comparison else []
+                      "mean loss with the block removed", dataset_split="train")] \
+        if "chosen" in record.naive_comparison else []
     return ModelFacts(
         title=f"{'SmolLM2-135M' if record.base_model == DEFAULT_MODEL else Path(record.base_model).name} "
               f"minus block {chosen} (not fine-tuned)",
@@ -217,7 +220,8 @@ def finetuned_facts(run: RunSummary, removed: list[int] | None = None,
     minus = f" minus {_blocks(removed)}" if removed else ""
     name = "SmolLM2-135M" if run.base_model == DEFAULT_MODEL or removed else run.base_model
     if results is None:
-        results = [Result("perplexity", p, "validation split", "validation perplexity after fine-tuning")
+        results = [Result("perplexity", p, "validation split", "validation perplexity after fine-tuning",
+                          dataset_split="validation")
                    for p in [_ppl(run.final_eval_loss)] if p is not None]
     return ModelFacts(
         title=f"{name}{minus} fine-tuned on BMW press releases ({run.variant})",
@@ -243,10 +247,12 @@ def eval_results(entry: ModelEntry) -> list[Result]:
     """05's measurements of one model, for its model-index."""
     out = []
     if entry.validation is not None:
-        out.append(Result("perplexity", entry.validation.perplexity, "validation split", "validation perplexity"))
-    for name, score in (("BMW Q&A set", entry.qa), ("BMW cloze set", entry.cloze)):
-        if score is not None and score.accuracy is not None:
-            out.append(Result("accuracy", score.accuracy, name, f"{name} accuracy ({score.n} items)"))
+        out.append(Result("perplexity", entry.validation.perplexity, "validation split", "validation perplexity",
+                          dataset_split="validation"))
+    for name, task, score in (("BMW Q&A set", "bmw_qa", entry.qa), ("BMW cloze set", "bmw_cloze", entry.cloze)):
+        if score is not None and score.accuracy is not None:  # task: the lm-evaluation-harness task of the same items
+            out.append(Result("accuracy", score.accuracy, name, f"{name} accuracy ({score.n} items, normalised)",
+                              dataset_type=task))
     return out
 
 

@@ -27,6 +27,9 @@ RUNS_DIR = OUTPUTS_DIR / "runs"
 PRUNE_DIR = OUTPUTS_DIR / "prune"
 EVAL_DIR = OUTPUTS_DIR / "eval"
 REPORT_DIR = OUTPUTS_DIR / "report"
+STUDY_DIR = OUTPUTS_DIR / "study"  # the depth study (make study): its healing runs and its own report
+STUDY_RUNS_DIR = STUDY_DIR / "runs"
+STUDY_REPORT_DIR = STUDY_DIR / "report"
 
 ARTICLES_FILE = RAW_DIR / "articles.jsonl"
 TRAIN_FILE = PROCESSED_DIR / "train.jsonl"

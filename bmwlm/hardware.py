@@ -177,18 +177,26 @@ def device_matmul_gflops(device: torch.device | str, dtype_name: str = "bfloat16
         return matmul_gflops(dtype_name, n, repeats)
     if dtype_name == "bfloat16" and autocast_dtype(device) == torch.float16:
         dtype_name = "float16"
-    sync = torch.cuda.synchronize if device.type == "cuda" else torch.mps.synchronize
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
-    sync()
+    synchronize(device)
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
-        sync()
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on `device` (a GPU runs asynchronously; a timing must wait for it)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 def device_model(device: torch.device | str) -> str:

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import datasets
 
-from bmwlm.config import EVAL_DIR, PREPROCESS, QA_FILE, ROOT, VALIDATION_FILE
+from bmwlm.config import DEVICE_CHOICES, EVAL_DIR, PREPROCESS, QA_FILE, ROOT, VALIDATION_FILE
 from bmwlm.evaluate.choice import score_pairs
 from bmwlm.evaluate.cloze import build_cloze_items
 from bmwlm.evaluate.qa import load_qa_items
@@ -105,9 +105,9 @@ class Agreement:
     near_ties: int  # items whose two best options are within 1e-4 nats (a flip there is noise)
 
 
-def scorer_choices(model_dir: str, docs: Sequence[dict]) -> list[dict]:
+def scorer_choices(model_dir: str, docs: Sequence[dict], device: str = "cpu") -> list[dict]:
     """05's scorer in float32 on the same documents: summed log-likelihoods and both choices."""
-    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir)
+    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir).to(device)
     pairs = [(d["context"], o) for d in docs for o in d["options"]]
     flat = score_pairs(model, tokenizer, pairs, bf16=False)
     rows, k = [], 0
@@ -133,14 +133,15 @@ def agreement(task: str, harness_rows: Sequence[dict], scorer_rows: Sequence[dic
     return Agreement(task, len(harness_rows), same_acc, same_norm, round(max_diff, 6), near)
 
 
-def cross_check(model_dir: str, limit: int | None = None, validation_file: Path | str = VALIDATION_FILE) -> dict:
+def cross_check(model_dir: str, limit: int | None = None, validation_file: Path | str = VALIDATION_FILE,
+                device: str = "cpu") -> dict:
     """Both tasks through the harness and through 05's scorer; the harness metrics and the agreement."""
-    harness = harness_choices(model_dir, TASKS, limit=limit)
+    harness = harness_choices(model_dir, TASKS, limit=limit, device=device)
     docs = {"bmw_qa": qa_docs(), "bmw_cloze": cloze_docs(validation_file)}
-    result = {"model": model_dir, "metrics": harness.pop("_metrics"), "agreement": {}}
+    result = {"model": model_dir, "device": device, "metrics": harness.pop("_metrics"), "agreement": {}}
     for task, rows in harness.items():
         wanted = {r["id"] for r in rows}
-        mine = scorer_choices(model_dir, [d for d in docs[task] if d["id"] in wanted])
+        mine = scorer_choices(model_dir, [d for d in docs[task] if d["id"] in wanted], device)
         result["agreement"][task] = asdict(agreement(task, rows, mine))
     return result
 
@@ -151,10 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a save_pretrained directory (or a model-hub id)")
     p.add_argument("--limit", type=int, default=None, help="first N documents of each task (default: all)")
     p.add_argument("--out", type=Path, default=HARNESS_FILE, help="where the result is written (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where both scorers run (auto: CUDA, then MPS, then the CPU); always float32 (default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    result = cross_check(args.model, args.limit)
+    from bmwlm.hardware import DeviceUnavailableError, resolve_device
+
+    try:
+        device = str(resolve_device(args.device))
+    except DeviceUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    result = cross_check(args.model, args.limit, device=device)
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0

@@ -149,6 +149,35 @@ def mean_sd(values: Sequence[float]) -> dict:
     return {"n": int(x.size), "mean": float(x.mean()), "sd": sd, "values": [float(v) for v in x]}
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (a handful of seeds needs the small ones).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_quantile(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (the next smaller tabulated df above
+    10, so the interval errs wide; 1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError("a t interval needs at least two paired values")
+    if df > 30:
+        return 1.96
+    return T_975[max(k for k in T_975 if k <= df)]
+
+
+def paired_t_interval(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of the paired differences a - b (e.g. full vs pruned trained with the same seed), their sample
+    standard deviation and the 95% t interval of the mean (None with fewer than two pairs)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.size != len(b) or d.ndim != 1:
+        raise ValueError("paired values must be two sequences of the same length")
+    mean = float(d.mean())
+    if d.size < 2:
+        return {"n": int(d.size), "mean": mean, "sd": None, "ci95": None, "values": d.tolist()}
+    sd = float(d.std(ddof=1))
+    half = t_quantile(d.size - 1) * sd / math.sqrt(d.size)
+    return {"n": int(d.size), "mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "values": d.tolist()}
+
+
 def compare(what: str, a_name: str, b_name: str, difference: float, ci95: Sequence[float], *,
             unit: str = "", test: str = "paired bootstrap", digits: int = 2) -> str:
     """One sentence for a report: the direction only when the 95% interval excludes 0.

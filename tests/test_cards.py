@@ -32,6 +32,19 @@ def test_model_card_metadata_is_in_the_hub_format_with_the_measured_results(tmp_
     assert "| validation perplexity | validation split | 14.7 |" in card.text
 
 
+def test_every_result_keeps_its_own_data_set_when_the_card_is_read_back():
+    from types import SimpleNamespace
+
+    acc = lambda v, n: SimpleNamespace(accuracy=v, n=n)  # noqa: E731  (a ChoiceScore's two fields cards read)
+    entry = SimpleNamespace(validation=SimpleNamespace(perplexity=40.42), qa=acc(0.23, 100), cloze=acc(0.58, 138))
+    results = [cards.Result("loss", 3.61, "calibration sample", "loss without the block", dataset_split="train"),
+               *cards.eval_results(entry)]
+    card = ModelCard(cards.render_model_card(_facts(results=results)))
+    back = {(r.dataset_name, r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert back == {("calibration sample", "train", "loss"): 3.61, ("validation split", "validation", "perplexity"): 40.42,
+                    ("BMW Q&A set", None, "accuracy"): 0.23, ("BMW cloze set", None, "accuracy"): 0.58}
+
+
 def test_a_local_directory_is_not_named_as_a_hub_base_model(tmp_path):
     text = cards.render_model_card(_facts(base_model=str(tmp_path), results=[]))
     assert "base_model" not in ModelCard(text).data.to_dict()

@@ -165,3 +165,41 @@ def test_mps_run_trains_in_float16_autocast(tiny_llama_dir, splits, tmp_path):
     record = _train(tiny_llama_dir, splits, tmp_path, "mps", max_steps=6)
     assert record.device == "mps" and record.precision == "fp16-autocast" and "model loss" in record.loss
     assert record.final_eval_loss < record.initial_eval_loss
+
+
+# ---------------------------------------------------------------- 05 on a device
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device exists here")
+def test_05_refuses_an_absent_device_with_one_line_naming_it(splits, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    train, validation = splits
+    proc = subprocess.run([sys.executable, str(ROOT / "05_evaluate.py"), "--device", "cuda", "--train-file", str(train),
+                           "--validation-file", str(validation), "--out-dir", str(tmp_path / "eval")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --device cuda: no CUDA device")
+    assert not (tmp_path / "eval").exists()
+
+
+@needs_cuda
+def test_05_scores_options_windows_and_generations_on_cuda_as_on_the_cpu(tiny_llama_dir):
+    from bmwlm.evaluate import choice, generation, perplexity
+    from bmwlm.modeling import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir)
+    cpu, gpu = load_model(tiny_llama_dir), load_model(tiny_llama_dir).to("cuda")
+    pairs = [("The BMW iX3 is built in", o) for o in ("Debrecen", "Munich", "Leipzig plant", "Spartanburg")]
+    for a, b in zip(choice.score_pairs(cpu, tok, pairs), choice.score_pairs(gpu, tok, pairs)):
+        assert b["tokens"] == a["tokens"] and b["sum"] == pytest.approx(a["sum"], abs=1e-3)
+    blocks = _blocks()
+    for a, b in zip(perplexity.token_nll(cpu, blocks, 2, bf16=False), perplexity.token_nll(gpu, blocks, 2, bf16=False)):
+        assert b == pytest.approx(a, abs=1e-3)
+    settings = {"do_sample": False}
+    assert generation._generate(gpu, tok, ["BMW Group"], 8, settings, 0)[0] == \
+        generation._generate(cpu, tok, ["BMW Group"], 8, settings, 0)[0]
+    assert choice.precision_name(True, "cuda") == hardware.precision_name(autocast_dtype("cuda"))

@@ -105,3 +105,15 @@ def test_03_distils_under_the_same_recipe_and_records_it(tiny_llama_dir, tiny_gp
     assert plain["final_train_loss"] != kd["final_train_loss"]
     after = load_model(tiny_gpt2_dir).state_dict()
     assert all(torch.equal(after[k], v) for k, v in teacher_before.items())
+
+
+def test_distillation_refuses_to_run_under_several_processes(monkeypatch, tiny_llama_dir, tmp_path):
+    from transformers import TrainingArguments
+
+    from bmwlm.train.distill import DistillTrainer
+
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(DistillSetupError, match="runs in one process"):
+        DistillTrainer(model=load_model(tiny_llama_dir), args=args, teacher=load_model(tiny_llama_dir),
+                       distill=DistillSettings(teacher="t"))

@@ -130,6 +130,25 @@ def test_every_model_directory_and_the_corpus_carry_a_generated_card(pipeline_ru
     assert "publisher's terms" in dataset.text and "| train |" in dataset.text
 
 
+def test_evaluation_writes_its_measurements_into_the_cards_of_the_models_it_measured(pipeline_run):
+    from huggingface_hub import ModelCard
+
+    from bmwlm.records.evaluation import Metrics
+
+    metrics = Metrics.load(pipeline_run / "outputs/eval/metrics.json")
+    importance = json.loads((pipeline_run / "outputs/prune/block_importance.json").read_text())
+    pruned_base = Path(importance["output_dir"])
+    folders = {"base_minus_block": pruned_base if pruned_base.is_absolute() else ROOT / pruned_base,
+               **{v: pipeline_run / f"outputs/runs/{v}/model" for v in ("full", "pruned")}}
+    for key, folder in folders.items():
+        card = ModelCard.load(folder / "README.md")
+        index = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+        entry = metrics.models[key]
+        assert index[("validation split", "perplexity")] == round(entry.validation.perplexity, 4), key
+        assert index[("BMW Q&A set", "accuracy")] == round(entry.qa.accuracy, 4), key
+        assert index[("BMW cloze set", "accuracy")] == round(entry.cloze.accuracy, 4), key
+
+
 def test_training_writes_tensorboard_events_with_the_logged_losses(pipeline_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -139,3 +158,18 @@ def test_training_writes_tensorboard_events_with_the_logged_losses(pipeline_run)
         logged = [line for line in read_jsonl(pipeline_run / f"outputs/runs/{variant}/log.jsonl") if "loss" in line]
         losses = {e.step: e.value for e in events.Scalars("train/loss")}
         assert losses and all(abs(losses[line["step"]] - line["loss"]) < 1e-4 for line in logged)
+
+
+def test_published_results_hold_the_run_s_records_and_no_cloze_sentence(pipeline_run, tmp_path):
+    dest = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "bmwlm.report.publish", "--outputs", str(pipeline_run / "outputs"),
+                           "--dest", str(dest)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rel in ("run/eval/metrics.json", "run/prune/block_importance.json", "run/runs/pruned/run.json",
+                "run/cards/full.md", "run/report/report.md", "run/report/loss_curves.png"):
+        assert (dest / rel).is_file(), rel
+    cloze = [p["question"] for p in read_jsonl(pipeline_run / "outputs/eval/qa_predictions.jsonl") if p["set"] == "cloze"]
+    assert cloze
+    published = "".join(f.read_text(encoding="utf-8") for f in dest.rglob("*") if f.suffix in (".md", ".json", ".jsonl"))
+    assert not [q for q in cloze if q[:50] in published]
+    assert "## Cloze" in (dest / "run/report/report.md").read_text(encoding="utf-8")

@@ -115,3 +115,30 @@ def test_render_writes_the_section_and_both_figures(tmp_path):
     assert "![Block importance before and after fine-tuning](importance_shift.png)" in md
     for name in depth.FIGURES:
         assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_06_adds_the_depth_section_and_its_figures_only_when_study_files_exist(tmp_path):
+    from test_report import run_report, write_inputs
+
+    dirs = write_inputs(tmp_path)
+    assert run_report(dirs).returncode == 0
+    assert "## Depth study" not in (dirs["report"] / "report.md").read_text(encoding="utf-8")
+    curve().save(dirs["prune"] / "removal_curve.json")
+    importance().save(dirs["prune"] / "block_importance.json")
+    finetuned().save(dirs["prune"] / "block_scores_finetuned.json")
+    run(40.0, 16.0).save(dirs["study"] / "one_block_ft" / "pruned" / "run.json")
+    proc = run_report(dirs)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (dirs["report"] / "report.md").read_text(encoding="utf-8")
+    study = md.split("## Depth study", 1)[1]
+    assert md.index("## Block removal") < md.index("## Depth study") < md.index("## Training: loss curves")
+    assert "| 40.00 | 16.00 |" in study and "not run (deep_cut_kd)" in study
+    for name in depth.FIGURES:
+        assert f"]({name})" in study and (dirs["report"] / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scores_of_models_with_different_depths_are_not_compared():
+    study = full_study()
+    study.after.scores = study.after.scores[:-1]
+    md = depth.depth_section(study)
+    assert "Not comparable" in md and "importance_shift.png" not in depth.figures(study)

@@ -13,7 +13,8 @@ def _text() -> str:
 
 def test_readme_has_the_generated_tables():
     names = {m.group("name") for m in readme.BLOCK_RE.finditer(_text())}
-    assert {"data", "rules"} <= names
+    assert names == set(readme.TABLES)  # every table the results section is built from, each once
+    assert len(list(readme.BLOCK_RE.finditer(_text()))) == len(readme.TABLES)
 
 
 def test_every_generated_readme_table_matches_the_committed_result_files():
@@ -28,3 +29,10 @@ def test_a_number_changed_in_the_readme_is_caught():
     changed = body[:digit.start()] + str((int(digit.group()) + 1) % 10) + body[digit.end():]
     tampered = text[:m.start("body")] + changed + text[m.end("body"):]
     assert readme.check_readme(tampered) == [f"{m.group('name')}: differs from docs/results"]
+
+
+def test_an_empty_generated_block_is_caught_and_filled():
+    text = "intro\n<!-- generated:data -->\n<!-- /generated:data -->\nend\n"
+    assert readme.check_readme(text) == ["data: differs from docs/results"]
+    filled = readme.render_readme(text)
+    assert readme.check_readme(filled) == [] and "| scraped" in filled and filled.endswith("-->\nend\n")

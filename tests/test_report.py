@@ -31,7 +31,7 @@ from bmwlm.records.evaluation import (
     GenerationSummary, MethodAccuracy, Metrics, ModelEntry, PrecisionCheck, PrecisionFlip, QAPrediction, SplitScore,
     TrainingTotals,
 )
-from bmwlm.records.prune import BlockImportance, BlockScore, ProxyComparison, RemovalResult
+from bmwlm.records.prune import BlockImportance, BlockScore, CalibrationSample, ProxyComparison, RemovalResult
 from bmwlm.records.training import LogLine, RunSummary
 from bmwlm.report import figures, markdown, tables, text
 from bmwlm.report.inputs import load_inputs
@@ -56,7 +56,11 @@ def fake_importance(removed: int = 27) -> BlockImportance:
                                  cosine_similarity=round(min(0.995, 0.75 + 0.008 * b + rng.uniform(-0.02, 0.02)), 4)))
     return BlockImportance(
         base_model="smollm2-135m", base_model_path="outputs/models/SmolLM2-135M", method="loss_increase",
-        eval_tokens=32768, baseline_loss=3.12, scores=scores, selection="auto", removed_block=removed,
+        eval_tokens=4080, baseline_loss=3.12, scores=scores, selection="auto", removed_block=removed, precision="float32",
+        calibration=CalibrationSample(file="data/processed/train.jsonl", rule="evenly spaced", block_size=256, windows=16,
+                                      windows_total=2042, predicted_tokens=4080, budget_tokens=4080, budget_reason="test",
+                                      articles=17, articles_total=410, first_published="2024-10-31T11:00:00+01:00",
+                                      last_published="2025-10-22T16:00:00+02:00", validation_articles_checked=46),
         naive_comparison={"chosen": RemovalResult(block=removed, loss=3.132), "last": RemovalResult(block=29, loss=3.52),
                           "middle": RemovalResult(block=15, loss=3.33)},
         output_dir=f"outputs/models/SmolLM2-135M-minus-block{removed}", parameters_before=BASE_PARAMS,
@@ -275,7 +279,7 @@ def fake_preprocess_report() -> PreprocessReport:
 
 def write_inputs(root: Path, *, unavailable=(), val_ppl=None, qa_acc=None, skip=()) -> dict[str, Path]:
     """Save stage 01–05 outputs under `root` through their record types; returns the directories for the CLI."""
-    dirs = {name: root / name for name in ("runs", "eval", "prune", "processed", "raw", "report")}
+    dirs = {name: root / name for name in ("runs", "eval", "prune", "processed", "raw", "report", "study")}
     logs = {"full": fake_log("full"), "pruned": fake_log("pruned", offset=0.03, s_per_step=4.38)}
     runs = {"full": fake_run("full", logs["full"], BASE_PARAMS, 30),
             "pruned": fake_run("pruned", logs["pruned"], BASE_PARAMS - BLOCK_PARAMS, 29)}
@@ -304,7 +308,7 @@ def write_inputs(root: Path, *, unavailable=(), val_ppl=None, qa_acc=None, skip=
 def cli_args(dirs: dict[str, Path]) -> list[str]:
     return ["--runs-dir", str(dirs["runs"]), "--eval-dir", str(dirs["eval"]), "--prune-dir", str(dirs["prune"]),
             "--processed-dir", str(dirs["processed"]), "--raw-dir", str(dirs["raw"]),
-            "--out-dir", str(dirs["report"])]
+            "--out-dir", str(dirs["report"]), "--study-runs-dir", str(dirs["study"])]
 
 
 def run_report(dirs: dict[str, Path]) -> subprocess.CompletedProcess:
@@ -361,10 +365,22 @@ def test_data_section_shows_the_scrape_and_preprocess_counts_and_date_ranges(ful
 def test_block_removal_section_compares_the_chosen_block_with_naive_choices_and_the_proxy(full_report):
     text_ = section(full_report[0], "Block removal")
     assert "removed block **27** (30 → 29 blocks, 134.5M → 131.0M parameters; scoring took 118 s)" in text_
-    assert "| last | 29 | 3.520 | +0.400 |" in text_
-    assert "The `cosine_similarity` proxy would remove block 3 (val loss 3.410); rank correlation with the " \
+    assert "Method: `loss_increase` on 4.1k calibration tokens (16 evenly spaced windows of the training split, " \
+           "17 articles; no validation article)" in text_
+    assert "| choice | block | calibration loss | Δ vs intact |" in text_ and "| last | 29 | 3.520 | +0.400 |" in text_
+    assert "The `cosine_similarity` proxy would remove block 3 (calibration loss 3.410); rank correlation with the " \
            "measured importance: 0.76." in text_
     assert "Least important blocks: 27 (0.012)" in text_ and "most important: 0 (6.100), 1 (1.400)" in text_
+
+
+def test_an_older_importance_record_without_a_calibration_sample_is_labelled_validation():
+    from dataclasses import replace
+
+    from bmwlm.report.tables import importance_section
+
+    old = importance_section(replace(fake_importance(), calibration=None), None)
+    assert "4.1k validation tokens of" in old and "| choice | block | validation loss |" in old
+    assert "calibration" not in old
 
 
 def test_generations_show_each_prompt_with_greedy_inline_and_sampled_folded(full_report):

@@ -1,6 +1,8 @@
 """The statistics behind the report's comparisons: intervals, paired tests, seed summaries."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,12 @@ def test_paired_bootstrap_ratio_of_interleaved_timings():
     assert r["ratio"] == pytest.approx(0.9) and r["ratio_ci95"] == pytest.approx([0.9, 0.9])
     assert r["ci95"][1] < 0 and r["pairs"] == 6
     assert stats.excludes_zero(stats.paired_bootstrap_ratio(b, b)["ci95"]) is False
+
+
+def test_paired_t_interval_of_seed_differences_has_the_textbook_width():
+    r = stats.paired_t_interval([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])  # differences 1, 2, 3: mean 2, sd 1
+    assert (r["n"], r["mean"], r["sd"]) == (3, 2.0, 1.0)
+    half = 4.303 / math.sqrt(3)
+    assert r["ci95"] == pytest.approx([2 - half, 2 + half])
+    assert stats.paired_t_interval([1.0], [0.5])["ci95"] is None
+    assert stats.t_quantile(12) == 2.228 and stats.t_quantile(100) == 1.96

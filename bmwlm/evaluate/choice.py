@@ -25,9 +25,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from bmwlm import stats
+from bmwlm import hardware, stats
 from bmwlm.evaluate.qa import LETTERS, UNIFORM_GUESS, ChoiceItem
-from bmwlm.modeling import autocast_context
+from bmwlm.modeling import autocast_context, model_device
 from bmwlm.records.evaluation import ChoiceScore, Interval, MethodAccuracy, QAPrediction
 
 NEUTRAL_PROMPT = "Answer:"
@@ -39,7 +39,11 @@ METHODS = {
 PRECISIONS = {True: "bf16 autocast", False: "float32"}
 
 
-def precision_name(bf16: bool) -> str:
+def precision_name(bf16: bool, device: torch.device | str = "cpu") -> str:
+    """How records name the precision of a measurement: "float32", "bf16 autocast" on a CPU, and the
+    autocast dtype that `autocast_context` picks for a GPU ("bfloat16 autocast" / "float16 autocast")."""
+    if bf16 and torch.device(device).type != "cpu":
+        return hardware.precision_name(hardware.autocast_dtype(device))
     return PRECISIONS[bool(bf16)]
 
 
@@ -64,7 +68,7 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: 
     chunks = [(prompt, rows[k:k + batch_size]) for prompt, rows in by_prompt.items()
               for k in range(0, len(rows), batch_size)]
     model.eval()
-    with torch.inference_mode(), autocast_context(bf16):
+    with torch.inference_mode(), autocast_context(bf16, model_device(model)):
         for prompt, rows in tqdm(chunks, desc=desc, disable=not progress, leave=False):
             ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
             conts = [tokenizer(" " + pairs[i][1].strip(), add_special_tokens=False)["input_ids"] for i in rows]
@@ -88,20 +92,21 @@ def _option_logprobs(model, ctx: list[int], conts: list[list[int]], pad_id: int)
     (a test stand-in) gets the options appended to the prompt instead, with the same result.
     """
     longest = max(len(c) for c in conts)
-    out = model(input_ids=torch.tensor([ctx]), use_cache=True, logits_to_keep=1)
+    device = model_device(model)
+    out = model(input_ids=torch.tensor([ctx], device=device), use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     if longest <= 1:
         return first, None
-    ids = torch.full((len(conts), longest - 1), pad_id, dtype=torch.long)
+    ids = torch.full((len(conts), longest - 1), pad_id, dtype=torch.long, device=device)
     for r, c in enumerate(conts):
         if len(c) > 1:
-            ids[r, :len(c) - 1] = torch.tensor(c[:-1])  # position j predicts option token j + 1
+            ids[r, :len(c) - 1] = torch.tensor(c[:-1], device=device)  # position j predicts option token j + 1
     cache = getattr(out, "cache", None)
     if cache is not None:
         cache.batch_repeat_interleave(len(conts))
         logits = model(input_ids=ids, cache=cache).logits
     else:
-        full = torch.cat([torch.tensor([ctx] * len(conts)), ids], dim=1)
+        full = torch.cat([torch.tensor([ctx] * len(conts), device=device), ids], dim=1)
         logits = model(input_ids=full).logits[:, len(ctx):]
     return first, torch.log_softmax(logits.float(), dim=-1)
 

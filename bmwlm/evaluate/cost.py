@@ -21,17 +21,22 @@ import torch
 
 from bmwlm import stats
 from bmwlm.evaluate.choice import interval, precision_name
-from bmwlm.modeling import autocast_context
+from bmwlm.hardware import synchronize
+from bmwlm.modeling import autocast_context, model_device
 from bmwlm.records.evaluation import CostMeasurement, CostOfModel
 
 
 def train_step_seconds(model, batch: torch.Tensor, bf16: bool = True) -> float:
     """Seconds of one forward + backward pass on `batch` (gradients dropped afterwards)."""
     model.train()
+    device = model_device(model)
+    batch = batch.to(device)
+    synchronize(device)
     start = time.perf_counter()
-    with autocast_context(bf16):
+    with autocast_context(bf16, device):
         loss = model(input_ids=batch, labels=batch).loss
     loss.backward()
+    synchronize(device)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     model.eval()
@@ -40,12 +45,15 @@ def train_step_seconds(model, batch: torch.Tensor, bf16: bool = True) -> float:
 
 def generation_seconds(model, tokenizer, prompt: str, new_tokens: int) -> float:
     """Seconds to generate exactly `new_tokens` positions greedily after `prompt` (one sequence)."""
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    device = model_device(model)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**ids, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                              pad_token_id=pad_id)
+    synchronize(device)
     seconds = time.perf_counter() - start
     made = out.shape[1] - ids["input_ids"].shape[1]
     if made != new_tokens:
@@ -81,7 +89,7 @@ def measure_cost(models: dict[str, object], tokenizer, windows: Sequence[Sequenc
             train_step_seconds=_rounds(interval(stats.bootstrap_mean(train[k], None, n_resamples, seed))),
             generation_seconds_per_sequence=_rounds(g), generation_tokens_per_s=round(new_tokens / g.value, 2),
             train_step_rounds=[round(t, 4) for t in train[k]], generation_rounds=[round(t, 4) for t in gen[k]])
-    return CostMeasurement(models=keys, rounds=rounds, train_batch=list(batch.shape), train_precision=precision_name(bf16_train),
+    return CostMeasurement(models=keys, rounds=rounds, train_batch=list(batch.shape), train_precision=precision_name(bf16_train, model_device(next(iter(models.values())))),
                            generation_new_tokens=new_tokens, generation_precision="float32", per_model=per_model,
                            threads=torch.get_num_threads(), seconds=round(time.perf_counter() - start, 1))
 

@@ -30,6 +30,7 @@ import torch
 from bmwlm import qaset
 from bmwlm.evaluate.choice import accuracy_interval
 from bmwlm.evaluate.qa import ChoiceItem, qa_prompt
+from bmwlm.modeling import model_device
 from bmwlm.records.evaluation import AnswerQuality, Generation, GenerationSummary
 
 GENERATION_PROMPTS = [
@@ -96,7 +97,7 @@ def _generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, set
     """(new token ids per prompt, cut at the first EOS; seconds of the batched call)."""
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
     tokenizer.padding_side = old_side
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(seed)

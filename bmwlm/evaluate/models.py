@@ -5,7 +5,8 @@
   in block_importance.json (`bmwlm.records.prune`, the one rule for finding it);
 - `full` / `pruned`: `<runs-dir>/<variant>/model`, written by 03_train.py, with their run.json totals.
 
-A missing model is not fatal: its entry says why, naming the stage that makes it.
+A missing model is not fatal: its entry says why, naming the stage that makes it. After measuring,
+`refresh_cards` rewrites the card of every model directory the pipeline made with 05's results.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from bmwlm import cards
 from bmwlm.config import PRUNE
 from bmwlm.io import MissingInputError, display_path
-from bmwlm.modeling import ModelUnavailableError, model_slug, resolve_model
+from bmwlm.modeling import ModelUnavailableError, model_slug, removed_blocks, resolve_model
 from bmwlm.records.evaluation import ModelEntry, PruningInfo, TrainingTotals
 from bmwlm.records.prune import BlockImportance, load_block_importance
 from bmwlm.records.training import RunSummary, run_files
@@ -112,3 +114,29 @@ def empty_entry(spec: ModelSpec) -> ModelEntry:
     return ModelEntry(label=spec.label, path=display_path(spec.path) if spec.path else None, available=False,
                       error=spec.error, training=training_totals(spec.run_file), pruning=spec.pruning)
 
+
+
+def refresh_cards(specs: dict[str, ModelSpec], entries: dict[str, ModelEntry], prune_file: Path) -> list[Path]:
+    """Rewrite the model card of each model directory the pipeline wrote (base_minus_block by 04, full
+    and pruned by 03) with 05's measurements in its model-index; the base model's folder is not ours
+    to write. A model that was not evaluated keeps its card. Returns the cards written."""
+    from transformers import AutoConfig  # deferred like the rest of torch / transformers (05's --help)
+
+    written = []
+    for key, spec in specs.items():
+        entry = entries.get(key)
+        if key == "base" or entry is None or not entry.available or not spec.path or not Path(spec.path).is_dir():
+            continue
+        results = cards.eval_results(entry)
+        try:
+            if key == "base_minus_block":
+                facts = cards.pruned_base_facts(load_block_importance(prune_file))
+                facts.results = [*facts.results, *results]
+            else:
+                removed = removed_blocks(AutoConfig.from_pretrained(spec.path))
+                facts = cards.finetuned_facts(RunSummary.load(spec.run_file), removed, results)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # a record gone or lacking a field: keep the card
+            log.warning("%s: card not refreshed (%s: %s)", key, type(exc).__name__, exc)
+            continue
+        written.append(cards.write_model_card(spec.path, facts))
+    return written

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from bmwlm import stats
 from bmwlm.config import ROOT
 from bmwlm.evaluate.choice import interval, precision_name
-from bmwlm.modeling import autocast_context
+from bmwlm.modeling import autocast_context, model_device
 from bmwlm.records.evaluation import ArticleLosses, SeparatorShare, SplitScore
 from bmwlm.windows import first_tokens, pack_documents, predicted_tokens, tokenize_texts
 
@@ -88,14 +88,15 @@ def token_nll(model, blocks: Sequence[Sequence[int]], batch_size: int = 8, bf16:
     batches = [rows[i:i + batch_size] for rows in by_len.values() for i in range(0, len(rows), batch_size)]
     out: list[np.ndarray | None] = [None] * len(blocks)
     model.eval()
-    with torch.inference_mode(), autocast_context(bf16):
+    device = model_device(model)
+    with torch.inference_mode(), autocast_context(bf16, device):
         for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            ids = torch.tensor([blocks[k] for k in batch], dtype=torch.long)
+            ids = torch.tensor([blocks[k] for k in batch], dtype=torch.long, device=device)
             logits = model(input_ids=ids).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
                                                     reduction="none").view(len(batch), -1)
             for row, k in enumerate(batch):
-                out[k] = nll[row].double().numpy()
+                out[k] = nll[row].double().cpu().numpy()
     return out  # type: ignore[return-value]
 
 
@@ -157,7 +158,7 @@ def score_articles(model, tokenizer, texts: Sequence[str], ids: Sequence[str], b
     return SplitScore(loss=result["loss"], perplexity=result["perplexity"], tokens=result["tokens"],
                       windows=len(packed.blocks), seconds=round(seconds, 2),
                       tokens_per_s=round(result["tokens"] / seconds, 1) if seconds > 0 else None,
-                      precision=precision_name(bf16), ci95=ci.ci95, articles=len(keep), per_article=per_article,
+                      precision=precision_name(bf16, model_device(model)), ci95=ci.ci95, articles=len(keep), per_article=per_article,
                       separators=separator_share(per_article, n_resamples, seed))
 
 

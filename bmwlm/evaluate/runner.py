@@ -54,6 +54,7 @@ class EvalOptions:
     precision_check: str  # "qa", "all" (Q&A and cloze) or "none"
     precision_windows: int
     progress: bool
+    device: str = "cpu"  # where every model runs (05's --device, resolved by bmwlm.hardware.resolve_device)
 
 
 def evaluate_model(spec: ModelSpec, data: EvalData, opts: EvalOptions,
@@ -61,7 +62,7 @@ def evaluate_model(spec: ModelSpec, data: EvalData, opts: EvalOptions,
     """All measurements of one model: (metrics entry, generation records, prediction records)."""
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(spec.path)
-    model = load_model(spec.path)
+    model = load_model(spec.path).to(opts.device)
     model.eval()
     entry = empty_entry(spec)
     entry.available, entry.error = True, None
@@ -94,7 +95,7 @@ def evaluate_model(spec: ModelSpec, data: EvalData, opts: EvalOptions,
         own, neutral = score_items(model, tokenizer, items, bf16=opts.choice_bf16, progress=opts.progress,
                                    desc=f"{spec.key} {set_name}")
         summary, records = evaluate_choices(items, own, neutral, set_name=set_name, model_key=spec.key,
-                                            precision=precision_name(opts.choice_bf16), n_resamples=opts.bootstrap,
+                                            precision=precision_name(opts.choice_bf16, opts.device), n_resamples=opts.bootstrap,
                                             seed=opts.seed)
         summary.seconds = round(time.perf_counter() - start, 2)
         setattr(entry, set_name, summary)
@@ -146,7 +147,7 @@ def run_cost(specs: dict[str, ModelSpec], entries: dict[str, ModelEntry], data: 
     if rounds <= 0 or not pair:
         return None
     tokenizer = load_tokenizer(specs[pair[0]].path)
-    models = {k: load_model(specs[k].path) for k in pair}
+    models = {k: load_model(specs[k].path).to(opts.device) for k in pair}
     windows = text_windows(tokenizer, data.validation_texts, opts.block_size)
     cost = measure_cost(models, tokenizer, windows, [p for _, p in GENERATION_PROMPTS], rounds=rounds,
                         batch_size=batch, new_tokens=new_tokens, n_resamples=opts.bootstrap, seed=opts.seed)

@@ -328,6 +328,7 @@ class EvalSettings(Record):
     cloze_articles: int
     cloze_answer_positions: dict[str, int] | None
     seconds: float | None = None
+    device: str = "cpu"  # where the models ran (files written before --device existed ran on the CPU)
 
 
 @dataclass

@@ -10,8 +10,8 @@ Reads only the study's own files, each optional (a missing one becomes a note, n
 
 `depth_section(study, figures)` returns the markdown; `plot_removal_curve` and `plot_importance_shift`
 return PNG bytes; `render(study, out_dir)` writes `depth.md` and both figures (what `make study` runs last,
-`python -m bmwlm.report.depth`). 06_report.py can call `load_study` + `depth_section` + the plots to include
-the section in report.md.
+`python -m bmwlm.report.depth`). 06_report.py adds the same section and figures to report.md when
+`has_study` finds any of the study's files.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MultipleLocator, NullFormatter  # noqa: E402
 
-from bmwlm.config import BLOCK_IMPORTANCE_FILE, OUTPUTS_DIR, RUNS_DIR  # noqa: E402
+from bmwlm.config import BLOCK_IMPORTANCE_FILE, RUNS_DIR, STUDY_REPORT_DIR, STUDY_RUNS_DIR  # noqa: E402
 from bmwlm.io import BadRecordError, MissingInputError, write_together  # noqa: E402
 from bmwlm.prune.budget import spearman  # noqa: E402
 from bmwlm.report.figures import png_bytes  # noqa: E402
@@ -36,9 +36,6 @@ from bmwlm.records.prune import (  # noqa: E402
 from bmwlm.records.training import RunSummary, run_files  # noqa: E402
 from bmwlm.report.text import NA, fmt, fmt_count, fmt_seconds, md_row  # noqa: E402
 
-STUDY_DIR = OUTPUTS_DIR / "study"
-STUDY_RUNS_DIR = STUDY_DIR / "runs"
-STUDY_REPORT_DIR = STUDY_DIR / "report"
 # The four healing runs: (cut, healing) -> folder under outputs/study/runs/ (each holds pruned/run.json)
 HEALING_RUNS = {("one_block", "fine-tune"): "one_block_ft", ("one_block", "distill"): "one_block_kd",
                 ("deep_cut", "fine-tune"): "deep_cut_ft", ("deep_cut", "distill"): "deep_cut_kd"}
@@ -82,6 +79,17 @@ def load_study(curve_file: Path = REMOVAL_CURVE_FILE, importance_file: Path = BL
         if run is not None:
             s.runs[name] = run
     return s
+
+
+def has_study(study: Study) -> bool:
+    """Whether any of the study's own files exists (04's block_importance.json alone is the default run's)."""
+    return study.curve is not None or study.after is not None or bool(study.runs)
+
+
+def study_inputs(prune_dir: Path, study_runs_dir: Path = STUDY_RUNS_DIR, runs_dir: Path = RUNS_DIR) -> Study:
+    """`load_study` with the study's files looked up in one prune folder (06's --prune-dir)."""
+    return load_study(Path(prune_dir) / REMOVAL_CURVE_FILE.name, Path(prune_dir) / BLOCK_IMPORTANCE_FILE.name,
+                      Path(prune_dir) / FINETUNED_SCORES_FILE.name, study_runs_dir, runs_dir)
 
 
 # ---------------------------------------------------------------- figures
@@ -196,7 +204,7 @@ def figures(study: Study) -> dict[str, bytes]:
         png = plot_removal_curve(study.curve)
         if png:
             out["removal_curve.png"] = png
-    if study.before is not None and study.after is not None:
+    if study.before is not None and study.after is not None and len(study.before.scores) == len(study.after.scores):
         png = plot_importance_shift(study.before.scores, study.after.scores)
         if png:
             out["importance_shift.png"] = png
@@ -301,6 +309,10 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
     if study.before is None or study.after is None:
         missing = "; ".join(study.notes[k] for k in ("before", "after") if k in study.notes)
         out += [f"_Not measured ({missing or 'missing scores'})._", ""]
+    elif len(study.before.scores) != len(study.after.scores):
+        out += [f"_Not comparable: the base model's scores cover {len(study.before.scores)} blocks, the fine-tuned "
+                f"model's {len(study.after.scores)} (the two records come from different models; re-run `make study`)._",
+                ""]
     else:
         b, a = study.before, study.after
         rho = spearman([s.importance for s in b.scores], [s.importance for s in a.scores])

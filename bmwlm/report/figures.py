@@ -22,7 +22,7 @@ from bmwlm.records.evaluation import Metrics  # noqa: E402
 from bmwlm.records.prune import BlockImportance  # noqa: E402
 from bmwlm.records.training import LogLine  # noqa: E402
 from bmwlm.report.inputs import Inputs, model_entry  # noqa: E402
-from bmwlm.report.tables import ppl, split_log  # noqa: E402
+from bmwlm.report.tables import ppl, scored_split, split_log  # noqa: E402
 from bmwlm.report.text import NA, fmt, fmt_count  # noqa: E402
 
 MODEL_COLORS = {"base": "#666666", "base_minus_block": "#E69F00", "full": "#0072B2", "pruned": "#009E73"}
@@ -214,7 +214,7 @@ def plot_block_importance(importance: BlockImportance) -> bytes | None:
             ax.text(b, min(imp[blocks.index(b)], ymax) + 0.02 * ymax, name, ha="center", va="bottom", fontsize=8,
                     color="0.3", rotation=90)
     ax.axhline(0, color="0.2", lw=0.8)
-    ax.set_ylabel("Δ val loss when skipped\n(nats / token)" if importance.method == "loss_increase"
+    ax.set_ylabel(f"Δ {scored_split(importance)} loss when skipped\n(nats / token)" if importance.method == "loss_increase"
                   else f"importance ({importance.method})")
     ax.set_title(f"Block importance of {importance.base_model} ({len(blocks)} blocks)")
     ax.grid(axis="y", alpha=0.3)
@@ -232,7 +232,7 @@ def plot_block_importance(importance: BlockImportance) -> bytes | None:
     ax2.tick_params(axis="x", labelsize=8)
     ax2.set_xlim(min(blocks) - 0.7, max(blocks) + 0.7)
     if nc:
-        note = "Val loss without the block — " + ", ".join(
+        note = f"{scored_split(importance).capitalize()} loss without the block — " + ", ".join(
             f"{name} ({rec.block}): {fmt(rec.loss, '.3f')}" for name, rec in nc.items())
         note += f"; intact model: {importance.baseline_loss:.3f}"
         fig.text(0.01, 0.01, note, fontsize=8, color="0.3", ha="left", va="bottom")

@@ -155,7 +155,10 @@ def _metrics_body(inputs: Inputs, figures: dict[str, str | None]) -> str:
     return "\n".join(body)
 
 
-def render_markdown(inputs: Inputs, figures: dict[str, str | None], now: datetime | None = None) -> str:
+def render_markdown(inputs: Inputs, figures: dict[str, str | None], depth: str | None = None,
+                    now: datetime | None = None) -> str:
+    """The report; `depth`: the depth study's section (`bmwlm.report.depth.depth_section`), placed after
+    the block-removal section, when the study has files."""
     now = now or datetime.now(timezone.utc).astimezone()
     notes = inputs.notes
     sec = [header(inputs, now), "## Trade-offs", tradeoff_paragraph(inputs.metrics, inputs.importance, inputs.runs)]
@@ -178,6 +181,8 @@ def render_markdown(inputs: Inputs, figures: dict[str, str | None], now: datetim
     sec.append("## Block removal")
     sec.append(importance_section(inputs.importance, figures.get("block_importance.png")) if inputs.importance
                else _skipped(notes.get("importance", "no block_importance.json")))
+    if depth:
+        sec.append(depth)
 
     sec.append("## Training: loss curves")
     sec.append(training_section(inputs.logs, inputs.runs, figures.get("loss_curves.png"))

@@ -20,11 +20,12 @@ from typing import Callable
 from bmwlm.config import ROOT
 from bmwlm.io import read_json, write_text
 from bmwlm.records.training import RunSummary
-from bmwlm.stats import mean_sd
+from bmwlm.stats import mean_sd, paired_t_interval
 
 RESULTS_DIR = ROOT / "docs" / "results"
 README = ROOT / "README.md"
-BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /generated:(?P=name) -->)", re.S)
+# A block's body may be empty (a new table not rendered yet): then the two markers are on consecutive lines.
+BLOCK_RE = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?:(?P<body>.*?)\n)?(<!-- /generated:(?P=name) -->)", re.S)
 
 
 def _date(iso: str | None) -> str:
@@ -85,20 +86,187 @@ def seeds_table(results: Path = RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
-def seed42_comparisons(results: Path = RESULTS_DIR) -> str:
-    """The sentences 05 wrote from its paired tests for the base model vs the seed-42 full model."""
-    metrics = read_json(results / "seeds" / "seed42" / "eval" / "metrics.json")
-    return "\n".join(f"- {c['sentence']}" for c in metrics["comparisons"])
+RUN = "run"  # docs/results/run/: the default run's files (bmwlm.report.publish)
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"data": data_table, "rules": rules_table, "seeds": seeds_table,
-                                            "seed42-comparisons": seed42_comparisons}
+def _metrics(results: Path) -> dict:
+    return read_json(results / RUN / "eval" / "metrics.json")
+
+
+def _acc(interval: dict | None) -> str:
+    if not interval:
+        return "—"
+    lo, hi = interval["ci95"]
+    return f"{100 * interval['value']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def run_models_table(results: Path = RESULTS_DIR) -> str:
+    """The four models of the default run: size, perplexities, Q&A and cloze accuracy (05's metrics.json)."""
+    m = _metrics(results)
+    lines = ["| model | parameters | blocks | validation perplexity [95% CI] | train-slice perplexity | Q&A normalised "
+             "| Q&A calibrated | Q&A prior only | cloze normalised | cloze calibrated |", "|---" * 10 + "|"]
+    for key, e in m["models"].items():
+        if not e["available"]:
+            lines.append(f"| `{key}` | unavailable: {e['error']} |" + " |" * 8)
+            continue
+        v, t = e["validation"], e["train_slice"]
+        qa, cz = e["qa"]["methods"], e["cloze"]["methods"]
+        lines.append(f"| `{key}` | {e['parameters'] / 1e6:.1f}M | {e['blocks']} | {v['perplexity']:.2f} "
+                     f"[{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] | {t['perplexity']:.2f} | "
+                     + " | ".join(_acc(qa[k]["accuracy"]) for k in ("normalised", "calibrated", "prior_only")) + " | "
+                     + " | ".join(_acc(cz[k]["accuracy"]) for k in ("normalised", "calibrated")) + " |")
+    prior = m.get("frequency_prior")
+    if prior:
+        lines.append(f"| frequency-prior guesser (never reads the question) | | | | | {_acc(prior['accuracy'])} | | | | |")
+    return "\n".join(lines)
+
+
+# The comparisons the README quotes (05 writes every pair; docs/results/run/eval/metrics.json has them all)
+README_PAIRS = {("full", "base"), ("pruned", "full"), ("base_minus_block", "base"), ("pruned", "base_minus_block")}
+README_METRICS = ("validation perplexity", "validation minus train-slice loss", "Q&A accuracy (normalised)",
+                  "Q&A accuracy (calibrated)", "cloze accuracy (normalised)", "cloze accuracy (calibrated)")
+
+
+def run_comparisons(results: Path = RESULTS_DIR) -> str:
+    """The sentences 05 wrote from its paired tests, for the pairs and measures the README discusses."""
+    out = []
+    for c in _metrics(results)["comparisons"]:
+        pair = (c["a"], c["b"])
+        if c["family"] == "speed" or (pair in README_PAIRS and c["metric"] in README_METRICS) \
+                or (c["family"] == "baseline" and c["metric"] == "Q&A accuracy (normalised)"):
+            out.append(f"- {c['sentence']}")
+    return "\n".join(out)
+
+
+def run_answers_table(results: Path = RESULTS_DIR) -> str:
+    """What the models did with the open questions (plain text and chat template)."""
+    m = _metrics(results)
+    lines = ["| model | plain: contains the answer | plain: on topic | plain: distinct-2 | chat: contains the answer "
+             "| chat: on topic | chat: distinct-2 |", "|---" * 7 + "|"]
+    for key, e in m["models"].items():
+        if not e["available"] or not e.get("generation"):
+            continue
+        cells = []
+        for style in ("plain", "chat"):
+            a = e["generation"]["answers"].get(style) or {}
+            if not a.get("available"):
+                cells += ["n/a", "n/a", "n/a"]
+                continue
+            cells += [_acc(a["contains_answer"]), _acc(a["on_topic"]),
+                      f"{a['distinct_2']:.2f}" if a.get("distinct_2") is not None else "—"]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_block_table(results: Path = RESULTS_DIR) -> str:
+    """04's choice in the default run: the calibration sample, the chosen block and the naive choices."""
+    imp = read_json(results / RUN / "prune" / "block_importance.json")
+    cal = imp["calibration"]
+    ranked = sorted(imp["scores"], key=lambda s: s["importance"])
+    rows = [("calibration sample", f"{cal['predicted_tokens']:,} predicted tokens in {cal['windows']} of "
+                                   f"{cal['windows_total']:,} training windows ({cal['articles']} articles); "
+                                   f"{cal['validation_articles_checked']} validation articles checked, none shared"),
+            ("scoring", f"{imp['method']}, {imp['precision']}, {imp['scoring']}, {imp['seconds']:.0f} s on "
+                        f"{imp['cpu_model']} ({imp['threads']} threads)"),
+            ("intact model, calibration loss", f"{imp['baseline_loss']:.3f}"),
+            ("least important blocks (Δ loss)", ", ".join(f"{s['block']} ({s['importance']:+.3f})" for s in ranked[:4])),
+            ("most important blocks (Δ loss)", ", ".join(f"{s['block']} ({s['importance']:+.3f})"
+                                                         for s in ranked[::-1][:3]))]
+    rows += [(f"without the {name} block ({r['block']})", f"calibration loss {r['loss']:.3f} "
+                                                          f"({r['loss'] - imp['baseline_loss']:+.3f})")
+             for name, r in imp["naive_comparison"].items()]
+    rows.append(("removed", f"block {imp['removed_block']}: {imp['blocks_before']} → {imp['blocks_after']} blocks, "
+                            f"{imp['parameters_before'] / 1e6:.1f}M → {imp['parameters_after'] / 1e6:.1f}M parameters"))
+    return "| | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def run_training_table(results: Path = RESULTS_DIR) -> str:
+    """Each variant's training run in the default run (its run.json)."""
+    lines = ["| variant | seed | blocks | steps × batch × block | tokens seen | validation perplexity before → after "
+             "| tokens/s | threads | training time | finished |", "|---" * 10 + "|"]
+    for path in sorted((results / RUN / "runs").glob("*/run.json")):
+        r = RunSummary.load(path)
+        c = r.config
+        lines.append(f"| {r.variant} | {r.seed} | {r.blocks} | {c['max_steps']} × {c['per_device_train_batch_size']} × "
+                     f"{c['block_size']} | {r.tokens_seen:,} | {math.exp(r.initial_eval_loss):.2f} → "
+                     f"{math.exp(r.final_eval_loss):.2f} | {r.tokens_per_s:.0f} | {r.threads} | "
+                     f"{r.train_seconds / 60:.0f} min | {_date(r.finished_at)} |")
+    return "\n".join(lines)
+
+
+def run_checks_table(results: Path = RESULTS_DIR) -> str:
+    """Per model: the float32-vs-bf16 check, the separators' share of the loss, and the interleaved timings."""
+    m = _metrics(results)
+    cost = (m.get("cost") or {}).get("per_model", {})
+    lines = ["| model | Q&A picks that flip under bf16 autocast | median \\|Δ option log-likelihood\\| (nats) "
+             "| perplexity of 4 windows, float32 / bf16 | separators' share of the validation loss "
+             "| training step (4 × 256 tokens), s [95% CI] | 32-token generation, s [95% CI] |", "|---" * 7 + "|"]
+
+    def sec(i):
+        return f"{i['value']:.3f} [{i['ci95'][0]:.3f}, {i['ci95'][1]:.3f}]"
+    for key, e in m["models"].items():
+        if not e["available"]:
+            continue
+        pc, sep = e["precision_check"], e["validation"]["separators"]
+        c = cost.get(key)
+        lines.append(f"| `{key}` | {len(pc['flips'])} of {pc['items']} | {pc['median_abs_diff_loglik']:.3f} | "
+                     f"{pc['perplexity_float32']:.3f} / {pc['perplexity_bf16']:.3f} | {100 * sep['share_of_loss']:.2f}% | "
+                     + (f"{sec(c['train_step_seconds'])} | {sec(c['generation_seconds_per_sequence'])} |" if c else "— | — |"))
+    return "\n".join(lines)
+
+
+def harness_table(results: Path = RESULTS_DIR) -> str:
+    """lm-evaluation-harness scores of the four models beside 05's, and how often the two scorers agree."""
+    m = _metrics(results)
+    lines = ["| model | harness `bmw_qa` acc / acc_norm | 05 Q&A (normalised) | harness `bmw_cloze` acc / acc_norm "
+             "| 05 cloze (normalised) | same pick as 05's scorer (acc, acc_norm) |", "|---" * 6 + "|"]
+    for key in m["models"]:
+        path = results / RUN / "eval" / "harness" / f"{key}.json"
+        if not path.is_file():
+            continue
+        h = read_json(path)
+        e = m["models"][key]
+
+        def accs(task):
+            r = h["metrics"][task]
+            return f"{100 * r['acc,none']:.0f}% / {100 * r['acc_norm,none']:.0f}%"
+        agree = "; ".join(f"{t.removeprefix('bmw_')} {a['same_acc']}/{a['items']}, {a['same_acc_norm']}/{a['items']}"
+                          for t, a in h["agreement"].items())
+        lines.append(f"| `{key}` | {accs('bmw_qa')} | {_acc(e['qa']['methods']['normalised']['accuracy'])} | "
+                     f"{accs('bmw_cloze')} | {_acc(e['cloze']['methods']['normalised']['accuracy'])} | {agree} |")
+    return "\n".join(lines)
+
+
+def seed_differences(results: Path = RESULTS_DIR) -> str:
+    """Full minus pruned final validation perplexity, paired by seed, with the t interval of the mean."""
+    runs = seed_runs(results)
+    seeds = sorted(set(runs.get("full", {})) & set(runs.get("pruned", {})))
+    if not seeds:
+        return "No seed has both variants yet."
+    full = [math.exp(runs["full"][s].final_eval_loss) for s in seeds]
+    pruned = [math.exp(runs["pruned"][s].final_eval_loss) for s in seeds]
+    d = paired_t_interval(pruned, full)
+    per_seed = ", ".join(f"{x:+.2f} (seed {s})" for s, x in zip(seeds, d["values"]))
+    if d["ci95"] is None:
+        return f"Pruned − full validation perplexity, paired by seed: {per_seed}; one seed, no interval yet."
+    lo, hi = d["ci95"]
+    verdict = ("no detectable difference" if lo <= 0 <= hi else
+               "pruned is higher" if lo > 0 else "pruned is lower")
+    return (f"Pruned − full validation perplexity, paired by seed: {per_seed}; mean {d['mean']:+.2f} ± "
+            f"{d['sd']:.2f} (sd), 95% t interval [{lo:+.2f}, {hi:+.2f}] over {d['n']} seeds: **{verdict}**.")
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "data": data_table, "rules": rules_table, "seeds": seeds_table, "seed-differences": seed_differences,
+    "run-block": run_block_table, "run-models": run_models_table, "run-comparisons": run_comparisons,
+    "run-answers": run_answers_table, "run-training": run_training_table, "run-checks": run_checks_table, "harness": harness_table,
+}
 
 
 def render_readme(text: str, results: Path = RESULTS_DIR) -> str:
     """`text` with every generated block replaced by its table rendered from `results`."""
     def fill(m: re.Match) -> str:
-        return m.group(1) + TABLES[m.group("name")](results) + m.group(4)
+        return m.group(1) + TABLES[m.group("name")](results) + "\n" + m.group(4)
     return BLOCK_RE.sub(fill, text)
 
 
@@ -109,7 +277,7 @@ def check_readme(text: str, results: Path = RESULTS_DIR) -> list[str]:
         name = m.group("name")
         if name not in TABLES:
             problems.append(f"{name}: no such table")
-        elif m.group("body") != TABLES[name](results):
+        elif (m.group("body") or "") != TABLES[name](results):
             problems.append(f"{name}: differs from {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
     return problems
 

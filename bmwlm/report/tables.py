@@ -112,23 +112,34 @@ def data_summary(scrape: ScrapeReport | None, preprocess: PreprocessReport | Non
     return "\n".join(lines).strip("\n")
 
 
+def scored_split(imp: BlockImportance) -> str:
+    """Which tokens 04 scored the blocks on: the calibration sample of the train split (records since the
+    sample existed), or the validation split (older records, made before 04 stopped looking at it)."""
+    return "calibration" if imp.calibration is not None else "validation"
+
+
 def importance_section(imp: BlockImportance, figure: str | None) -> str:
     base = imp.baseline_loss
+    where = scored_split(imp)
+    cal = imp.calibration
+    sample = (f" ({cal.windows} evenly spaced windows of the training split, {cal.articles} articles; no "
+              "validation article)" if cal is not None else "")
     lines = [
-        f"Method: `{imp.method}` on {fmt_count(imp.eval_tokens)} validation tokens of `{imp.base_model}`; "
+        f"Method: `{imp.method}` on {fmt_count(imp.eval_tokens)} {where} tokens{sample} of `{imp.base_model}`, "
+        f"{imp.precision or 'precision not recorded'}; "
         f"intact-model loss {fmt(base, '.3f')}. Selection: {imp.selection}; removed block **{imp.removed_block}** "
         f"({imp.blocks_before} → {imp.blocks_after} blocks, {fmt_count(imp.parameters_before)} → "
         f"{fmt_count(imp.parameters_after)} parameters; scoring took {fmt_seconds(imp.seconds)}).",
     ]
     if imp.naive_comparison:
-        lines += ["", "Validation loss with one block removed — chosen block vs naive choices:", "",
-                  "| choice | block | val loss | Δ vs intact |", "|---|---|---|---|"]
+        lines += ["", f"{where.capitalize()} loss with one block removed — chosen block vs naive choices:", "",
+                  f"| choice | block | {where} loss | Δ vs intact |", "|---|---|---|---|"]
         for name, rec in imp.naive_comparison.items():
             lines.append(f"| {name} | {rec.block} | {fmt(rec.loss, '.3f')} | {rec.loss - base:+.3f} |")
     proxy = imp.proxy_comparison
     if proxy is not None:
         lines += ["", f"The `{proxy.method}` proxy would remove block {proxy.block} "
-                      f"(val loss {fmt(proxy.loss, '.3f')}); rank correlation with the measured importance: "
+                      f"({where} loss {fmt(proxy.loss, '.3f')}); rank correlation with the measured importance: "
                       f"{proxy.rank_correlation_with_importance:.2f}."]
     ranked = sorted(imp.scores, key=lambda s: s.importance)
     if ranked:
