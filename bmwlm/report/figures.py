@@ -172,18 +172,20 @@ def _clip_top(values: list[float]) -> float | None:
 
 
 def _label_removed(ax, blocks: list[int], imp: list[float], k: int, ymax: float, color: str) -> float:
-    """Annotate the removed block just above its tallest neighbour; returns the (maybe grown) y-limit."""
+    """Annotate the removed block on the side whose next bars are lower (the label runs over about five
+    bars), just above them; returns the (maybe grown) y-limit."""
     i = blocks.index(k)
-    local = max(min(x, ymax) for x in imp[max(0, i - 3): i + 4])
-    y_text = local + 0.12 * ymax
+    clipped = [min(x, ymax) for x in imp]
+    left, right = clipped[max(0, i - 5):i], clipped[i + 1:i + 6]
+    to_right = bool(right) and (not left or max(right) <= max(left))
+    local = max([clipped[i], *(right if to_right else left)])
+    y_text = local + 0.25 * ymax  # above the "last" / "middle" tags written over their bars
     if y_text > 0.8 * ymax:
         ymax = y_text / 0.8
         ax.set_ylim(top=ymax)
-    ha = "right" if i > len(blocks) - 4 else "left" if i < 3 else "center"
-    x_text = k + {"right": 0.6, "left": -0.6, "center": 0.0}[ha]
-    ax.annotate(f"removed: block {k}\nimportance {imp[i]:.3f}", xy=(k, max(imp[i], 0)), xytext=(x_text, y_text),
-                ha=ha, va="bottom", fontsize=9, color=color, fontweight="bold",
-                arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
+    ax.annotate(f"removed: block {k}\nimportance {imp[i]:.3f}", xy=(k, max(imp[i], 0)),
+                xytext=(k + (0.3 if to_right else -0.3), y_text), ha="left" if to_right else "right", va="bottom",
+                fontsize=9, color=color, fontweight="bold", arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
     return ymax
 
 
