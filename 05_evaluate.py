@@ -106,8 +106,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="windows per timed training step (default: %(default)s)")
     p.add_argument("--cost-new-tokens", type=int, default=32,
                    help="positions generated per timed sequence (default: %(default)s)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                   help="where the models run: auto picks CUDA, then MPS, then the CPU; on a GPU the bf16 autocast "
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", metavar="DEVICE",
+                   help=f"where the models run ({', '.join(DEVICE_CHOICES)}): auto picks CUDA, then MPS, then the CPU; "
+                        "on a GPU the bf16 autocast "
                         "of the perplexities becomes the device's autocast dtype (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads; 0 = the free physical cores, by the load average (default: %(default)s)")

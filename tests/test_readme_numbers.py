@@ -36,3 +36,16 @@ def test_an_empty_generated_block_is_caught_and_filled():
     assert readme.check_readme(text) == ["data: differs from docs/results"]
     filled = readme.render_readme(text)
     assert readme.check_readme(filled) == [] and "| scraped" in filled and filled.endswith("-->\nend\n")
+
+
+def test_the_seed_summary_pairs_the_variants_by_seed_and_matches_the_committed_runs():
+    import math
+
+    summary = readme.seed_summary()
+    runs = readme.seed_runs()
+    for variant, stats_ in summary["variants"].items():
+        assert stats_["per_seed"] == {s: math.exp(r.final_eval_loss) for s, r in sorted(runs[variant].items())}
+    paired = summary["pruned_minus_full"]
+    assert paired["seeds"] == sorted(set(runs["full"]) & set(runs["pruned"]))
+    assert paired["values"] == [summary["variants"]["pruned"]["per_seed"][s] - summary["variants"]["full"]["per_seed"][s]
+                                for s in paired["seeds"]]

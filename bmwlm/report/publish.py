@@ -6,7 +6,8 @@ What is copied (each only if it exists; nothing else is touched):
   `generations.jsonl` and `qa_predictions.jsonl`; the harness results (`eval/harness/<model>.json`);
   06's `report.md` and figures, made anew from the published files (below); the model cards of the pruned base and both fine-tuned models (as
   `cards/<model>.md`);
-- `seeds/seed<N>/<variant>/`: `run.json` and `log.jsonl` of every seed-study run;
+- `seeds/seed<N>/<variant>/`: `run.json` and `log.jsonl` of every seed-study run, and `seeds/summary.json`
+  (per variant mean and sd of the final validation perplexity; pruned − full paired by seed, 95% t interval);
 - `study/`: the depth study's records (`removal_curve.json`, `block_scores_finetuned.json`), each
   healing run's `run.json` and `log.jsonl`, and its report.
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from bmwlm.config import (
     BLOCK_IMPORTANCE_FILE, EVAL_DIR, GENERATIONS_FILE, METRICS_FILE, OUTPUTS_DIR, PRUNE_DIR, QA_PREDICTIONS_FILE, ROOT, RUNS_DIR, STUDY_REPORT_DIR, STUDY_RUNS_DIR, VARIANTS,
 )
-from bmwlm.io import display_path, jsonl_text, read_json, read_jsonl, setup_logging, write_text
+from bmwlm.io import display_path, jsonl_text, read_json, read_jsonl, setup_logging, write_json, write_text
 from bmwlm.records.prune import FINETUNED_SCORES_FILE, REMOVAL_CURVE_FILE
 
 RESULTS_DIR = ROOT / "docs" / "results"
@@ -112,6 +113,12 @@ def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]
         copied += report_from_published(run / "eval", outputs, run / "report")
     for run_json in sorted((outputs / SEEDS_DIR.relative_to(OUTPUTS_DIR)).glob("seed*/*/run.json")):
         _copy_run(run_json.parent, dest / "seeds" / run_json.parent.parent.name / run_json.parent.name, copied)
+    if (dest / "seeds").is_dir():
+        from bmwlm.report.readme import seed_summary  # the README's seed tables read the same summary
+
+        summary = dest / "seeds" / "summary.json"
+        write_json(summary, seed_summary(dest))
+        copied.append(summary)
     for f in (REMOVAL_CURVE_FILE, FINETUNED_SCORES_FILE):
         _copy(prune / f.name, dest / "study" / f.name, copied)
     for run_json in sorted((outputs / STUDY_RUNS_DIR.relative_to(OUTPUTS_DIR)).glob("*/pruned/run.json")):

@@ -237,16 +237,27 @@ def harness_table(results: Path = RESULTS_DIR) -> str:
     return "\n".join(lines)
 
 
-def seed_differences(results: Path = RESULTS_DIR) -> str:
-    """Full minus pruned final validation perplexity, paired by seed, with the t interval of the mean."""
+def seed_summary(results: Path = RESULTS_DIR) -> dict:
+    """The seed study in numbers (what `seeds/summary.json` holds): per variant the final validation
+    perplexity per seed with mean and sd, and pruned − full paired by seed with its 95% t interval."""
     runs = seed_runs(results)
-    seeds = sorted(set(runs.get("full", {})) & set(runs.get("pruned", {})))
-    if not seeds:
+    final = {v: {s: math.exp(r.final_eval_loss) for s, r in sorted(by_seed.items())} for v, by_seed in runs.items()}
+    paired = sorted(set(final.get("full", {})) & set(final.get("pruned", {})))
+    return {
+        "measure": "final validation perplexity (03's last eval_loss, all validation windows)",
+        "variants": {v: {"per_seed": per_seed, **mean_sd(list(per_seed.values()))} for v, per_seed in final.items()},
+        "pruned_minus_full": ({"seeds": paired, **paired_t_interval([final["pruned"][s] for s in paired],
+                                                                     [final["full"][s] for s in paired])}
+                              if paired else None),
+    }
+
+
+def seed_differences(results: Path = RESULTS_DIR) -> str:
+    """Pruned minus full final validation perplexity, paired by seed, with the t interval of the mean."""
+    d = seed_summary(results)["pruned_minus_full"]
+    if d is None:
         return "No seed has both variants yet."
-    full = [math.exp(runs["full"][s].final_eval_loss) for s in seeds]
-    pruned = [math.exp(runs["pruned"][s].final_eval_loss) for s in seeds]
-    d = paired_t_interval(pruned, full)
-    per_seed = ", ".join(f"{x:+.2f} (seed {s})" for s, x in zip(seeds, d["values"]))
+    per_seed = ", ".join(f"{x:+.2f} (seed {s})" for s, x in zip(d["seeds"], d["values"]))
     if d["ci95"] is None:
         return f"Pruned − full validation perplexity, paired by seed: {per_seed}; one seed, no interval yet."
     lo, hi = d["ci95"]
