@@ -27,8 +27,8 @@ Why each measurement is made the way it is (details in each module of bmwlm/eval
     for accuracy); speed only from models timed interleaved in one process on the same inputs.
   - A missing model is reported in its entry, not fatal; the stage fails only when none could be run.
   - Every model runs on `--device` (auto: CUDA, then MPS, then the CPU); the device is recorded.
-  - Each fine-tuned model's card (README.md in its directory, written by 03) is rewritten with these
-    results in its model-index, so the card carries the measured numbers.
+  - The cards (README.md) of the model folders the pipeline wrote (the pruned base from 04, each
+    fine-tuned variant from 03) are rewritten with these results in their model-index.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Sequence
 
 from bmwlm.config import (
-    BLOCK_IMPORTANCE_FILE, DEFAULT_MODEL, DEVICE_CHOICES, EVAL_DIR, GENERATIONS_FILE, METRICS_FILE, MODEL_KEYS, PRUNE, QA_FILE,
-    QA_PREDICTIONS_FILE, RUNS_DIR, TRAIN_FILE, VALIDATION_FILE, TrainConfig,
+    BLOCK_IMPORTANCE_FILE, DEFAULT_MODEL, DEVICE_CHOICES, EVAL_DIR, GENERATIONS_FILE, METRICS_FILE, MODEL_KEYS,
+    PRUNE, QA_FILE, QA_PREDICTIONS_FILE, RUNS_DIR, TRAIN_FILE, VALIDATION_FILE, TrainConfig,
 )
 from bmwlm.evaluate.data import load_eval_data
 from bmwlm.io import (
@@ -108,8 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="positions generated per timed sequence (default: %(default)s)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", metavar="DEVICE",
                    help=f"where the models run ({', '.join(DEVICE_CHOICES)}): auto picks CUDA, then MPS, then the CPU; "
-                        "on a GPU the bf16 autocast "
-                        "of the perplexities becomes the device's autocast dtype (default: %(default)s)")
+                        "on a GPU the bf16 autocast of the perplexities becomes the device's autocast dtype "
+                        "(default: %(default)s)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads; 0 = the free physical cores, by the load average (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")

@@ -74,8 +74,9 @@ def hub_base_model(model: str) -> str | None:
 
 
 def _eval_results(facts: ModelFacts) -> list[EvalResult]:
-    return [EvalResult(task_type="text-generation", task_name="Causal language modelling", dataset_type=r.dataset_type, dataset_split=r.dataset_split,
-                       dataset_name=r.dataset, metric_type=r.metric, metric_value=round(float(r.value), 4),
+    return [EvalResult(task_type="text-generation", task_name="Causal language modelling", dataset_type=r.dataset_type,
+                       dataset_split=r.dataset_split, dataset_name=r.dataset, metric_type=r.metric,
+                       metric_value=round(float(r.value), 4),
                        metric_name=r.name or r.metric) for r in facts.results]
 
 

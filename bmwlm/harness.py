@@ -153,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N documents of each task (default: all)")
     p.add_argument("--out", type=Path, default=HARNESS_FILE, help="where the result is written (default: %(default)s)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
-                   help="where both scorers run (auto: CUDA, then MPS, then the CPU); always float32 (default: %(default)s)")
+                   help="where both scorers run (auto: CUDA, then MPS, then the CPU); always float32 "
+                        "(default: %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     setup_logging(args.verbose)

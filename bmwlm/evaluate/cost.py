@@ -89,7 +89,9 @@ def measure_cost(models: dict[str, object], tokenizer, windows: Sequence[Sequenc
             train_step_seconds=_rounds(interval(stats.bootstrap_mean(train[k], None, n_resamples, seed))),
             generation_seconds_per_sequence=_rounds(g), generation_tokens_per_s=round(new_tokens / g.value, 2),
             train_step_rounds=[round(t, 4) for t in train[k]], generation_rounds=[round(t, 4) for t in gen[k]])
-    return CostMeasurement(models=keys, rounds=rounds, train_batch=list(batch.shape), train_precision=precision_name(bf16_train, model_device(next(iter(models.values())))),
+    device = model_device(next(iter(models.values())))
+    return CostMeasurement(models=keys, rounds=rounds, train_batch=list(batch.shape),
+                           train_precision=precision_name(bf16_train, device),
                            generation_new_tokens=new_tokens, generation_precision="float32", per_model=per_model,
                            threads=torch.get_num_threads(), seconds=round(time.perf_counter() - start, 1))
 

@@ -115,7 +115,6 @@ def empty_entry(spec: ModelSpec) -> ModelEntry:
                       error=spec.error, training=training_totals(spec.run_file), pruning=spec.pruning)
 
 
-
 def refresh_cards(specs: dict[str, ModelSpec], entries: dict[str, ModelEntry], prune_file: Path) -> list[Path]:
     """Rewrite the model card of each model directory the pipeline wrote (base_minus_block by 04, full
     and pruned by 03) with 05's measurements in its model-index; the base model's folder is not ours

@@ -158,7 +158,8 @@ def score_articles(model, tokenizer, texts: Sequence[str], ids: Sequence[str], b
     return SplitScore(loss=result["loss"], perplexity=result["perplexity"], tokens=result["tokens"],
                       windows=len(packed.blocks), seconds=round(seconds, 2),
                       tokens_per_s=round(result["tokens"] / seconds, 1) if seconds > 0 else None,
-                      precision=precision_name(bf16, model_device(model)), ci95=ci.ci95, articles=len(keep), per_article=per_article,
+                      precision=precision_name(bf16, model_device(model)), ci95=ci.ci95, articles=len(keep),
+                      per_article=per_article,
                       separators=separator_share(per_article, n_resamples, seed))
 
 

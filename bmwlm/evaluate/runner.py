@@ -95,8 +95,8 @@ def evaluate_model(spec: ModelSpec, data: EvalData, opts: EvalOptions,
         own, neutral = score_items(model, tokenizer, items, bf16=opts.choice_bf16, progress=opts.progress,
                                    desc=f"{spec.key} {set_name}")
         summary, records = evaluate_choices(items, own, neutral, set_name=set_name, model_key=spec.key,
-                                            precision=precision_name(opts.choice_bf16, opts.device), n_resamples=opts.bootstrap,
-                                            seed=opts.seed)
+                                            precision=precision_name(opts.choice_bf16, opts.device),
+                                            n_resamples=opts.bootstrap, seed=opts.seed)
         summary.seconds = round(time.perf_counter() - start, 2)
         setattr(entry, set_name, summary)
         predictions.extend(records)

@@ -18,7 +18,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from bmwlm.prune.runner import BlockRunner, batches
