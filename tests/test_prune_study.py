@@ -142,3 +142,22 @@ def test_scores_of_models_with_different_depths_are_not_compared():
     study.after.scores = study.after.scores[:-1]
     md = depth.depth_section(study)
     assert "Not comparable" in md and "importance_shift.png" not in depth.figures(study)
+
+
+def test_publish_copies_the_study_and_renders_its_section_from_the_published_files(tmp_path):
+    from bmwlm.report import publish
+
+    out, dest = tmp_path / "outputs", tmp_path / "results"
+    curve().save(out / "prune" / "removal_curve.json")
+    importance().save(out / "prune" / "block_importance.json")
+    finetuned().save(out / "prune" / "block_scores_finetuned.json")
+    run(37.0, 15.0, blocks=N).save(out / "runs" / "full" / "run.json")
+    run(40.0, 16.0).save(out / "study" / "runs" / "one_block_ft" / "pruned" / "run.json")
+    publish.publish(dest, out)
+    assert (dest / "study" / "runs" / "one_block_ft" / "pruned" / "run.json").is_file()
+    study = publish.published_study(dest)
+    assert depth.has_study(study) and set(study.runs) == {"one_block_ft"} and study.full is not None
+    md = (dest / "study" / "report" / "depth.md").read_text(encoding="utf-8")
+    assert "| 40.00 | 16.00 |" in md
+    for name in depth.FIGURES:
+        assert (dest / "study" / "report" / name).read_bytes()[:4] == b"\x89PNG"

@@ -44,7 +44,7 @@ def test_publish_copies_the_records_and_keeps_no_cloze_sentence(tmp_path, monkey
                                                   for f in ("run.json", "log.jsonl")),
             "run/cards/full.md", "run/cards/pruned.md", "run/cards/base_minus_block.md", "run/eval/metrics.json",
             "run/eval/qa_predictions.jsonl", "run/eval/harness/full.json", "seeds/seed43/full/run.json",
-            "seeds/seed43/full/log.jsonl", "seeds/summary.json", "study/runs/deep_cut_kd/run.json"} == rel
+            "seeds/seed43/full/log.jsonl", "seeds/summary.json", "study/runs/deep_cut_kd/pruned/run.json"} == rel
     assert json.loads((dest / "seeds" / "summary.json").read_text()) == {"from": str(dest)}
     published = read_jsonl(dest / "run" / "eval" / "qa_predictions.jsonl")
     assert published[0] == rows[0]  # the project's own Q&A text stays whole

@@ -261,6 +261,7 @@ def healing_table(study: Study, cut_blocks: dict[str, str]) -> list[str]:
 def depth_section(study: Study, figure_paths: dict[str, str] | None = None, heading: str = "## Depth study") -> str:
     """The section's markdown; `figure_paths` maps FIGURES names to the links to use (absent: no image)."""
     figure_paths = figure_paths or {}
+    sub = "#" * (len(heading) - len(heading.lstrip("#")) + 1)  # sub-sections one level below `heading`
     out = [heading, ""]
     c = study.curve
     if c is None:
@@ -288,7 +289,7 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
             out += [f"![Perplexity against blocks removed]({figure_paths['removal_curve.png']})", ""]
     cut_blocks = {"one_block": f"block {study.before.removed_block}" if study.before else "one block",
                   "deep_cut": f"{len(c.deep_cut.blocks)} blocks {c.deep_cut.blocks}" if c and c.deep_cut else "deep cut"}
-    out += ["### Healing: fine-tuning vs distillation from the fine-tuned full model", ""]
+    out += [f"{sub} Healing: fine-tuning vs distillation from the fine-tuned full model", ""]
     if not study.runs:
         out += ["_No healing run found (outputs/study/runs/; `make study`)._", ""]
     else:
@@ -305,7 +306,7 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
             *healing_table(study, cut_blocks),
             "",
         ]
-    out += ["### Does fine-tuning move importance?", ""]
+    out += [f"{sub} Does fine-tuning move importance?", ""]
     if study.before is None or study.after is None:
         missing = "; ".join(study.notes[k] for k in ("before", "after") if k in study.notes)
         out += [f"_Not measured ({missing or 'missing scores'})._", ""]

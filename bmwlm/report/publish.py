@@ -9,7 +9,8 @@ What is copied (each only if it exists; nothing else is touched):
 - `seeds/seed<N>/<variant>/`: `run.json` and `log.jsonl` of every seed-study run, and `seeds/summary.json`
   (per variant mean and sd of the final validation perplexity; pruned − full paired by seed, 95% t interval);
 - `study/`: the depth study's records (`removal_curve.json`, `block_scores_finetuned.json`), each
-  healing run's `run.json` and `log.jsonl`, and its report.
+  healing run's `run.json` and `log.jsonl` (`study/runs/<run>/pruned/`, as `make study` writes them), and
+  its section (`study/report/depth.md` and figures) made anew from the published files.
 
 The cloze items are sentences of BMW press releases; the project keeps no copy of that text, so the
 published `qa_predictions.jsonl` keeps the cloze rows' ids, source article, answer, picks and scores
@@ -29,10 +30,12 @@ import sys
 from pathlib import Path
 
 from bmwlm.config import (
-    BLOCK_IMPORTANCE_FILE, EVAL_DIR, GENERATIONS_FILE, METRICS_FILE, OUTPUTS_DIR, PRUNE_DIR, QA_PREDICTIONS_FILE, ROOT, RUNS_DIR, STUDY_REPORT_DIR, STUDY_RUNS_DIR, VARIANTS,
+    BLOCK_IMPORTANCE_FILE, EVAL_DIR, GENERATIONS_FILE, METRICS_FILE, OUTPUTS_DIR, PRUNE_DIR, QA_PREDICTIONS_FILE, ROOT,
+    RUNS_DIR, STUDY_RUNS_DIR, VARIANTS,
 )
 from bmwlm.io import display_path, jsonl_text, read_json, read_jsonl, setup_logging, write_json, write_text
 from bmwlm.records.prune import FINETUNED_SCORES_FILE, REMOVAL_CURVE_FILE
+from bmwlm.report import depth
 
 RESULTS_DIR = ROOT / "docs" / "results"
 SEEDS_DIR = OUTPUTS_DIR / "seeds"
@@ -85,6 +88,13 @@ def report_from_published(eval_dir: Path, outputs: Path, out_dir: Path) -> list[
     return sorted(out_dir.glob("*.md")) + sorted(out_dir.glob("*.png"))
 
 
+def published_study(dest: Path = RESULTS_DIR) -> depth.Study:
+    """The depth study as published under `dest` (what the README's depth section and figures show)."""
+    return depth.load_study(dest / "study" / REMOVAL_CURVE_FILE.name, dest / "run" / "prune" / BLOCK_IMPORTANCE_FILE.name,
+                            dest / "study" / FINETUNED_SCORES_FILE.name, dest / "study" / "runs",
+                            dest / "run" / "runs")
+
+
 def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]:
     """Copy everything listed in the module docstring from `outputs` into `dest`; returns what was written."""
     copied: list[Path] = []
@@ -122,10 +132,11 @@ def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]
     for f in (REMOVAL_CURVE_FILE, FINETUNED_SCORES_FILE):
         _copy(prune / f.name, dest / "study" / f.name, copied)
     for run_json in sorted((outputs / STUDY_RUNS_DIR.relative_to(OUTPUTS_DIR)).glob("*/pruned/run.json")):
-        _copy_run(run_json.parent, dest / "study" / "runs" / run_json.parent.parent.name, copied)
-    study_report = outputs / STUDY_REPORT_DIR.relative_to(OUTPUTS_DIR)
-    for f in sorted(study_report.glob("*.md")) + sorted(study_report.glob("*.png")):
-        _copy(f, dest / "study" / "report" / f.name, copied)
+        _copy_run(run_json.parent, dest / "study" / "runs" / run_json.parent.parent.name / "pruned", copied)
+    study = published_study(dest)
+    if depth.has_study(study):
+        report = depth.render(study, dest / "study" / "report")
+        copied += [report, *(report.parent / name for name in depth.figures(study))]
     return copied
 
 

@@ -268,10 +268,26 @@ def seed_differences(results: Path = RESULTS_DIR) -> str:
             f"{d['sd']:.2f} (sd), 95% t interval [{lo:+.2f}, {hi:+.2f}] over {d['n']} seeds: **{verdict}**.")
 
 
+def depth_block(results: Path = RESULTS_DIR) -> str:
+    """The depth study's section as 06 and `make study` write it, from the study's published files
+    (paths of missing pieces written relative to the repository, so the text is the same in any clone)."""
+    from bmwlm.report import depth, publish  # matplotlib: only when this table is rendered
+
+    study = publish.published_study(results)
+    if not depth.has_study(study):
+        return "### Depth study\n\n_Not run yet on the real model: no study file under `docs/results/study/` (`make study`)._"
+    study.notes = {k: v.replace(f"{ROOT}/", "") for k, v in study.notes.items()}
+    report = results / "study" / "report"
+    figures = {n: (report / n).relative_to(ROOT).as_posix() if report.is_relative_to(ROOT) else str(report / n)
+               for n in depth.FIGURES if (report / n).is_file()}
+    return depth.depth_section(study, figures, heading="### Depth study").rstrip("\n")
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "data": data_table, "rules": rules_table, "seeds": seeds_table, "seed-differences": seed_differences,
     "run-block": run_block_table, "run-models": run_models_table, "run-comparisons": run_comparisons,
     "run-answers": run_answers_table, "run-training": run_training_table, "run-checks": run_checks_table, "harness": harness_table,
+    "depth": depth_block,
 }
 
 
