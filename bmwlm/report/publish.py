@@ -89,10 +89,13 @@ def report_from_published(eval_dir: Path, outputs: Path, out_dir: Path) -> list[
 
 
 def published_study(dest: Path = RESULTS_DIR) -> depth.Study:
-    """The depth study as published under `dest` (what the README's depth section and figures show)."""
-    return depth.load_study(dest / "study" / REMOVAL_CURVE_FILE.name, dest / "run" / "prune" / BLOCK_IMPORTANCE_FILE.name,
+    """The depth study as published under `dest` (what the README's depth section and figures show); the
+    notes on missing pieces name paths relative to the repository, so the text is the same in any clone."""
+    study = depth.load_study(dest / "study" / REMOVAL_CURVE_FILE.name, dest / "run" / "prune" / BLOCK_IMPORTANCE_FILE.name,
                             dest / "study" / FINETUNED_SCORES_FILE.name, dest / "study" / "runs",
                             dest / "run" / "runs")
+    study.notes = {k: v.replace(f"{ROOT}/", "") for k, v in study.notes.items()}
+    return study
 
 
 def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]:

@@ -269,14 +269,12 @@ def seed_differences(results: Path = RESULTS_DIR) -> str:
 
 
 def depth_block(results: Path = RESULTS_DIR) -> str:
-    """The depth study's section as 06 and `make study` write it, from the study's published files
-    (paths of missing pieces written relative to the repository, so the text is the same in any clone)."""
+    """The depth study's section as 06 and `make study` write it, from the study's published files."""
     from bmwlm.report import depth, publish  # matplotlib: only when this table is rendered
 
     study = publish.published_study(results)
     if not depth.has_study(study):
         return "### Depth study\n\n_Not run yet on the real model: no study file under `docs/results/study/` (`make study`)._"
-    study.notes = {k: v.replace(f"{ROOT}/", "") for k, v in study.notes.items()}
     report = results / "study" / "report"
     figures = {n: (report / n).relative_to(ROOT).as_posix() if report.is_relative_to(ROOT) else str(report / n)
                for n in depth.FIGURES if (report / n).is_file()}
