@@ -88,3 +88,16 @@ def tiny_llama_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread is many times faster than two, which
+    mostly wait for each other. Modules that run models in-process use it for all their tests
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

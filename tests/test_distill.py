@@ -11,7 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from bmwlm.modeling import load_model
 from bmwlm.train.distill import DistillSettings, DistillSetupError, distillation_loss, load_teacher
 from conftest import ROOT
-from test_prune import one_thread, splits  # noqa: F401  (fixtures)
+from test_prune import splits  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_llama(seed: int):

@@ -58,14 +58,7 @@ ARTICLES = [
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The in-process model tests run on one torch thread, as the script runs below with --threads 1
-    (two threads on a shared 2-core machine mostly wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one torch thread
 
 
 def run_script(script: str, *args, timeout=600) -> subprocess.CompletedProcess:

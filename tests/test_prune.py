@@ -31,13 +31,7 @@ BLOCK_SIZE = 32
 CAL_TOKENS = 6 * (BLOCK_SIZE - 1)  # --calibration-tokens of the stage runs below: 6 of the split's windows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one torch thread
 
 
 @pytest.fixture(params=["tiny_gpt2_dir", "tiny_llama_dir"])

@@ -17,7 +17,9 @@ from bmwlm.prune.runner import BlockRunner
 from bmwlm.prune.scoring import score_windows
 from bmwlm.records.prune import load_removal_curve
 from conftest import ROOT
-from test_prune import BLOCK_SIZE, CAL_TOKENS, one_thread, splits  # noqa: F401  (fixtures)
+from test_prune import BLOCK_SIZE, CAL_TOKENS, splits  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pattern_windows(n=16, length=24, vocab=200):
