@@ -73,8 +73,9 @@ seeds: $(STAMP)  ## 03: both variants under each of SEEDS, default recipe, into 
 	  $(PY) 03_train.py --variant $$v --seed $$s --runs-dir outputs/seeds/seed$$s --resume || exit 1; \
 	done; done
 
-publish:  ## copy the run's result files (records, seed and depth study runs, report, cards) to docs/results/
-	$(PY) -m bmwlm.report.publish
+PUBLISH_ARGS ?=
+publish:  ## copy the run's result files (records, seed and depth study runs, report, cards) to docs/results/ (PUBLISH_ARGS, e.g. --only study)
+	$(PY) -m bmwlm.report.publish $(PUBLISH_ARGS)
 
 benchmark: $(STAMP)  ## training / evaluation / generation throughput (not part of `make test`)
 	$(PY) tests/benchmark_training.py
@@ -91,24 +92,29 @@ tensorboard: $(STAMP)  ## 03's curves of every variant side by side (TB_LOGDIR, 
 
 # Depth study (issue 8): five block-selection methods and the removal curve, four healing runs (one block and
 # the deep cut, each fine-tuned and distilled from the fine-tuned full model), importance after fine-tuning,
-# then outputs/study/report/depth.md. Resumable: a piece whose output exists is skipped, an interrupted
+# the healed models' paired validation comparisons (outputs/study/healing_eval.json), then
+# outputs/study/report/depth.md. The one-block fine-tuned run is the default pruned run when it exists. Resumable: a piece whose output exists is skipped, an interrupted
 # training run continues from its last checkpoint (--resume). About 4-5 h on the 2-core CPU; it needs
 # `make prune` and `make train-full` first (run here if their outputs are missing).
-# STUDY_PRUNE_ARGS / STUDY_TRAIN_ARGS: extra arguments for every 04 / 03 run of the study (e.g. a tiny dry run).
+# STUDY_PRUNE_ARGS / STUDY_TRAIN_ARGS / STUDY_HEALING_ARGS: extra arguments for every 04 / 03 run of the study
+# and for bmwlm.evaluate.healing (e.g. a tiny dry run).
 .PHONY: study
 STUDY_WORK       ?= $(or $(BMWLM_WORKDIR),.)
 STUDY_RUNS       ?= $(STUDY_WORK)/outputs/study/runs
 STUDY_TEACHER    ?= $(STUDY_WORK)/outputs/runs/full/model
 STUDY_PRUNE_ARGS ?=
 STUDY_TRAIN_ARGS ?=
+STUDY_HEALING_ARGS ?=
 study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distillation, importance after fine-tuning (hours)
 	test -f $(STUDY_WORK)/outputs/prune/block_importance.json || $(MAKE) prune
 	test -f $(STUDY_TEACHER)/config.json || $(MAKE) train-full
 	test -f $(STUDY_WORK)/outputs/prune/removal_curve.json || $(PY) 04_prune_layer.py --curve $(STUDY_PRUNE_ARGS)
 	test -f $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json || $(PY) 04_prune_layer.py $(STUDY_PRUNE_ARGS) \
 	  --scores-only --model $(STUDY_TEACHER) --scores-file $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json
-	test -f $(STUDY_RUNS)/one_block_ft/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
-	  --runs-dir $(STUDY_RUNS)/one_block_ft $(STUDY_TRAIN_ARGS)
+	@# one block, fine-tuned = the default pruned run (same recipe and seed): reused, as `make seeds` reuses seed 42
+	test -f $(STUDY_RUNS)/one_block_ft/pruned/run.json || { test -f $(STUDY_WORK)/outputs/runs/pruned/run.json && \
+	  mkdir -p $(STUDY_RUNS)/one_block_ft && cp -al $(STUDY_WORK)/outputs/runs/pruned $(STUDY_RUNS)/one_block_ft/pruned; } || \
+	  $(PY) 03_train.py --variant pruned --resume --runs-dir $(STUDY_RUNS)/one_block_ft $(STUDY_TRAIN_ARGS)
 	test -f $(STUDY_RUNS)/one_block_kd/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
 	  --runs-dir $(STUDY_RUNS)/one_block_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS)
 	deep=$$($(PY) -c "from bmwlm.config import ROOT; from bmwlm.records.prune import load_removal_curve as c; \
@@ -117,4 +123,6 @@ study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distil
 	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_ft $(STUDY_TRAIN_ARGS); } && \
 	{ test -f $(STUDY_RUNS)/deep_cut_kd/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
 	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS); }
-	$(PY) -m bmwlm.report.depth --study-runs-dir $(STUDY_RUNS)
+	test -f $(STUDY_RUNS)/../healing_eval.json || $(PY) -m bmwlm.evaluate.healing --study-runs-dir $(STUDY_RUNS) \
+	  --out $(STUDY_RUNS)/../healing_eval.json $(STUDY_HEALING_ARGS)
+	$(PY) -m bmwlm.report.depth --study-runs-dir $(STUDY_RUNS) --healing-file $(STUDY_RUNS)/../healing_eval.json

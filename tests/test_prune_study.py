@@ -4,11 +4,13 @@ import math
 import pytest
 
 from bmwlm.prune.methods import METHOD_LABELS, METHODS
+from bmwlm.io import jsonl_text, write_text
+from bmwlm.records.evaluation import Comparison, SplitScore
 from bmwlm.records.prune import (
-    BlockImportance, BlockScore, BlockScoring, CalibrationSample, CurvePoint, DeepCut, RemovalCurve, RemovalResult,
-    StudyScores,
+    BlockImportance, BlockScore, BlockScoring, CalibrationSample, CurvePoint, DeepCut, HealedModel, HealingEvaluation,
+    RemovalCurve, RemovalResult, StudyScores,
 )
-from bmwlm.records.training import RunSummary
+from bmwlm.records.training import LogLine, RunSummary
 from bmwlm.report import depth
 
 N, K = 6, 2
@@ -74,11 +76,54 @@ def run(initial_ppl, final_ppl, loss="chunked output layer, 512 positions", bloc
         validation_file="v", finished_at="now")
 
 
+def log_lines(initial_ppl, final_ppl) -> list[LogLine]:
+    """A run's log.jsonl: a train line and evaluations before, half-way and after training."""
+    mid = (initial_ppl * final_ppl) ** 0.5
+    return [LogLine(step=0, epoch=0.0, tokens=0, eval_loss=math.log(initial_ppl), seconds=0.0),
+            LogLine(step=5, epoch=0.5, tokens=500, loss=3.0, lr=1e-4, seconds=10.0),
+            LogLine(step=5, epoch=0.5, tokens=500, eval_loss=math.log(mid), seconds=11.0),
+            LogLine(step=10, epoch=1.0, tokens=1000, eval_loss=math.log(final_ppl), seconds=20.0)]
+
+
+def write_run(folder, initial_ppl, final_ppl, **kw):
+    """run.json and log.jsonl of one run, as 03 writes them."""
+    run(initial_ppl, final_ppl, **kw).save(folder / "run.json")
+    write_text(folder / "log.jsonl", jsonl_text([line.to_dict() for line in log_lines(initial_ppl, final_ppl)]))
+
+
+def healed(name, ppl, ci, from_metrics=False) -> HealedModel:
+    score = SplitScore(loss=math.log(ppl), perplexity=ppl, tokens=900, windows=4, ci95=list(ci), articles=5)
+    return HealedModel(run=name, source=f"{name}/model", validation=score, run_final_eval_loss=math.log(ppl),
+                       from_metrics=from_metrics)
+
+
+def comparison(a, b, difference, ci) -> Comparison:
+    return Comparison(family="healing", metric="validation perplexity", a=a, b=b, a_value=0.0, b_value=0.0,
+                      difference=difference, ci95=list(ci), test="paired bootstrap over 5 articles", units=5,
+                      unit="article", detectable=ci[0] > 0 or ci[1] < 0, sentence="(stored wording)")
+
+
+def healing() -> HealingEvaluation:
+    models = {"full": healed("full", 15.0, (14.0, 16.1)), "one_block_ft": healed("one_block_ft", 16.0, (15.0, 17.2), True),
+              "one_block_kd": healed("one_block_kd", 20.0, (18.5, 21.9))}
+    return HealingEvaluation(validation_file="v.jsonl", precision="bf16 autocast", bootstrap_resamples=100, seed=0,
+                             models=models,
+                             comparisons=[comparison("one_block_kd", "one_block_ft", 4.0, (3.1, 4.9)),
+                                          comparison("one_block_ft", "full", 1.0, (-0.2, 2.1))],
+                             device="cpu", threads=1, cpu_model="cpu", seconds=1.0)
+
+
+RUNS = {"one_block_ft": (40.0, 16.0), "one_block_kd": (40.0, 20.0), "deep_cut_ft": (90.0, 35.0),
+        "deep_cut_kd": (90.0, 30.0)}
+
+
 def full_study() -> depth.Study:
     kd = "chunked output layer, 512 positions; distillation from outputs/runs/full/model (alpha 1.0, temperature 1.0)"
     return depth.Study(curve=curve(), before=importance(), after=finetuned(), full=run(37.0, 15.0, blocks=N),
                        runs={"one_block_ft": run(40.0, 16.0), "one_block_kd": run(40.0, 20.0, kd),
-                             "deep_cut_ft": run(90.0, 35.0, blocks=N - K), "deep_cut_kd": run(90.0, 30.0, kd, N - K)})
+                             "deep_cut_ft": run(90.0, 35.0, blocks=N - K), "deep_cut_kd": run(90.0, 30.0, kd, N - K)},
+                       logs={"full": log_lines(37.0, 15.0), **{name: log_lines(*p) for name, p in RUNS.items()}},
+                       healing=healing())
 
 
 def test_the_gap_closed_is_the_share_of_the_distance_to_the_target():
@@ -93,11 +138,20 @@ def test_the_section_tables_every_method_every_healing_run_and_the_importance_sh
         assert f"| {label} |" in md
     assert f"{math.exp(3.5 + 0.12 * 2):.1f} ({math.exp(3.0 + 0.1 * 2):.1f})" in md  # k = 2, one-pass: val (cal)
     assert "removes blocks [2, 3]" in md and "![Perplexity against blocks removed](removal_curve.png)" in md
-    assert "| block 2 | fine-tune | 40.00 | 16.00 | 96% |" in md
-    assert "| 2 blocks [2, 3] | distill | 90.00 | 30.00 | 80% |" in md  # (90 - 30) / (90 - 15)
+    assert "| block 2 | fine-tune | 40.00 | 16.00 | [15.00, 17.20] | 96% |" in md  # interval: healing evaluation
+    assert "| 2 blocks [2, 3] | distill | 90.00 | 30.00 | n/a | 80% |" in md  # (90 - 30) / (90 - 15); not scored
     assert "(teacher: outputs/runs/full/model (alpha 1.0, temperature 1.0))" in md and "One training seed per run" in md
     assert "least important block 2 before, 3 after" in md
     assert "importance_shift.png" not in md  # no figure link unless it was drawn
+
+
+def test_healing_comparisons_name_the_models_and_give_a_direction_only_outside_noise():
+    md = depth.depth_section(full_study())
+    assert ("- Block 2, distill has higher validation perplexity than block 2, fine-tune: +4.00 "
+            "(95% CI [+3.10, +4.90], paired bootstrap over 5 articles).") in md
+    assert ("- No detectable difference in validation perplexity between block 2, fine-tune and the fine-tuned full "
+            "model: +1.00 (95% CI [-0.20, +2.10], paired bootstrap over 5 articles).") in md
+    assert "one_block_ft from one_block_ft/model" in md  # a score taken from 05's records is said to be
 
 
 def test_a_study_without_files_says_what_is_missing_instead_of_failing(tmp_path):
@@ -126,7 +180,7 @@ def test_06_adds_the_depth_section_and_its_figures_only_when_study_files_exist(t
     curve().save(dirs["prune"] / "removal_curve.json")
     importance().save(dirs["prune"] / "block_importance.json")
     finetuned().save(dirs["prune"] / "block_scores_finetuned.json")
-    run(40.0, 16.0).save(dirs["study"] / "one_block_ft" / "pruned" / "run.json")
+    write_run(dirs["study"] / "one_block_ft" / "pruned", 40.0, 16.0)
     proc = run_report(dirs)
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (dirs["report"] / "report.md").read_text(encoding="utf-8")
@@ -151,13 +205,15 @@ def test_publish_copies_the_study_and_renders_its_section_from_the_published_fil
     curve().save(out / "prune" / "removal_curve.json")
     importance().save(out / "prune" / "block_importance.json")
     finetuned().save(out / "prune" / "block_scores_finetuned.json")
-    run(37.0, 15.0, blocks=N).save(out / "runs" / "full" / "run.json")
-    run(40.0, 16.0).save(out / "study" / "runs" / "one_block_ft" / "pruned" / "run.json")
+    write_run(out / "runs" / "full", 37.0, 15.0, blocks=N)
+    write_run(out / "study" / "runs" / "one_block_ft" / "pruned", 40.0, 16.0)
+    healing().save(out / "study" / "healing_eval.json")
     publish.publish(dest, out)
     assert (dest / "study" / "runs" / "one_block_ft" / "pruned" / "run.json").is_file()
     study = publish.published_study(dest)
     assert depth.has_study(study) and set(study.runs) == {"one_block_ft"} and study.full is not None
     md = (dest / "study" / "report" / "depth.md").read_text(encoding="utf-8")
-    assert "| 40.00 | 16.00 |" in md
+    assert "| 40.00 | 16.00 | [15.00, 17.20] |" in md and study.healing is not None
+    assert (dest / "study" / "teacher" / "full" / "log.jsonl").is_file()  # the healing figure's dotted line
     for name in depth.FIGURES:
         assert (dest / "study" / "report" / name).read_bytes()[:4] == b"\x89PNG"

@@ -44,7 +44,8 @@ def test_publish_copies_the_records_and_keeps_no_cloze_sentence(tmp_path, monkey
                                                   for f in ("run.json", "log.jsonl")),
             "run/cards/full.md", "run/cards/pruned.md", "run/cards/base_minus_block.md", "run/eval/metrics.json",
             "run/eval/qa_predictions.jsonl", "run/eval/harness/full.json", "seeds/seed43/full/run.json",
-            "seeds/seed43/full/log.jsonl", "seeds/summary.json", "study/runs/deep_cut_kd/pruned/run.json"} == rel
+            "seeds/seed43/full/log.jsonl", "seeds/summary.json", "study/runs/deep_cut_kd/pruned/run.json",
+            "study/teacher/full/run.json", "study/teacher/full/log.jsonl"} == rel  # the healing runs' teacher
     assert json.loads((dest / "seeds" / "summary.json").read_text()) == {"from": str(dest)}
     published = read_jsonl(dest / "run" / "eval" / "qa_predictions.jsonl")
     assert published[0] == rows[0]  # the project's own Q&A text stays whole
@@ -56,3 +57,20 @@ def test_publish_copies_the_records_and_keeps_no_cloze_sentence(tmp_path, monkey
 def test_publish_with_nothing_to_publish_exits_1_naming_the_folder(tmp_path, capsys):
     assert publish.main(["--outputs", str(tmp_path / "none"), "--dest", str(tmp_path / "d")]) == 1
     assert "nothing to publish under" in capsys.readouterr().err
+
+
+def test_publish_only_study_copies_the_study_and_leaves_the_default_run_as_it_was(tmp_path):
+    out, dest = tmp_path / "outputs", tmp_path / "results"
+    write_text(out / "runs" / "full" / "run.json", '{"from": "the study work folder"}')
+    write_text(out / "runs" / "full" / "log.jsonl", "{}\n")
+    write_text(out / "study" / "runs" / "one_block_kd" / "pruned" / "run.json", "{}")
+    write_text(out / "study" / "healing_eval.json", "{}")
+    write_text(dest / "run" / "runs" / "full" / "run.json", '{"from": "the published default run"}')
+
+    copied = publish.publish(dest, out, parts=("study",))
+
+    rel = {p.relative_to(dest).as_posix() for p in copied}
+    assert rel == {"study/runs/one_block_kd/pruned/run.json", "study/healing_eval.json",
+                   "study/teacher/full/run.json", "study/teacher/full/log.jsonl"}
+    assert json.loads((dest / "run" / "runs" / "full" / "run.json").read_text()) == {"from": "the published default run"}
+    assert json.loads((dest / "study" / "teacher" / "full" / "run.json").read_text()) == {"from": "the study work folder"}

@@ -33,7 +33,7 @@ SET_NAMES = {"qa": "Q&A", "cloze": "cloze"}
 NAMES = {"frequency_prior": "the frequency-prior guesser"}  # how a sentence names a baseline
 
 
-def _record(family: str, metric: str, a: str, b: str, a_value: float, b_value: float, difference: float,
+def make_comparison(family: str, metric: str, a: str, b: str, a_value: float, b_value: float, difference: float,
             ci95: Sequence[float], test: str, units: int, unit: str, *, scale: float = 1.0, digits: int = 2,
             shown_unit: str = "", **more) -> Comparison:
     sentence = stats.compare(metric, NAMES.get(a, a), NAMES.get(b, b), difference * scale, [c * scale for c in ci95],
@@ -43,7 +43,7 @@ def _record(family: str, metric: str, a: str, b: str, a_value: float, b_value: f
                       detectable=stats.excludes_zero(ci95), sentence=sentence, **more)
 
 
-def _same_articles(a: ArticleLosses | None, b: ArticleLosses | None) -> bool:
+def same_articles(a: ArticleLosses | None, b: ArticleLosses | None) -> bool:
     return a is not None and b is not None and a.article_ids == b.article_ids and a.tokens == b.tokens
 
 
@@ -54,14 +54,14 @@ def perplexity_comparisons(entries: dict[str, ModelEntry], n_resamples: int, see
         ea, eb = entries.get(a), entries.get(b)
         pa = ea.validation.per_article if ea and ea.validation else None
         pb = eb.validation.per_article if eb and eb.validation else None
-        if not _same_articles(pa, pb):
+        if not same_articles(pa, pb):
             continue
         for metric, strip in (("validation perplexity", False), ("validation perplexity without separators", True)):
             nll_a = [n - s * strip for n, s in zip(pa.nll, pa.separator_nll)]
             nll_b = [n - s * strip for n, s in zip(pb.nll, pb.separator_nll)]
             tokens = [t - s * strip for t, s in zip(pa.tokens, pa.separator_tokens)]
             r = stats.paired_bootstrap_perplexity(nll_a, nll_b, tokens, n_resamples, seed)
-            out.append(_record("perplexity", metric, a, b, r["a"], r["b"], r["difference"], r["ci95"],
+            out.append(make_comparison("perplexity", metric, a, b, r["a"], r["b"], r["difference"], r["ci95"],
                                f"paired bootstrap over {r['articles']} articles", r["articles"], "article",
                                ratio=r["ratio"], ratio_ci95=r["ratio_ci95"]))
     return out
@@ -76,10 +76,10 @@ def gap_comparisons(entries: dict[str, ModelEntry], n_resamples: int, seed: int)
             continue
         va, vb = ea.validation.per_article, eb.validation.per_article
         ta, tb = ea.train_slice.per_article, eb.train_slice.per_article
-        if not (_same_articles(va, vb) and _same_articles(ta, tb)):
+        if not (same_articles(va, vb) and same_articles(ta, tb)):
             continue
         r = stats.loss_gap_difference(va.nll, vb.nll, va.tokens, ta.nll, tb.nll, ta.tokens, n_resamples, seed)
-        out.append(_record("gap", "validation minus train-slice loss", a, b, r["a"], r["b"], r["difference"], r["ci95"],
+        out.append(make_comparison("gap", "validation minus train-slice loss", a, b, r["a"], r["b"], r["difference"], r["ci95"],
                            f"bootstrap over {r['validation_articles']} validation and {r['train_articles']} "
                            "train-slice articles, paired across models", r["validation_articles"], "article",
                            digits=3, shown_unit="nats/token"))
@@ -93,7 +93,7 @@ def _accuracy_record(family: str, metric: str, a: str, b: str, ca: list[bool], c
     m = stats.mcnemar(ca, cb)
     test = (f"paired bootstrap over {d.units} {d.unit}s; McNemar exact p = {m['p_exact']:.3g} "
             f"({m['a_only']} vs {m['b_only']} discordant)")
-    return _record(family, metric, a, b, sum(ca) / len(ca), sum(cb) / len(cb), d.value, d.ci95, test, d.units, d.unit,
+    return make_comparison(family, metric, a, b, sum(ca) / len(ca), sum(cb) / len(cb), d.value, d.ci95, test, d.units, d.unit,
                    scale=100, digits=1, shown_unit="points", mcnemar_p=m["p_exact"], a_only=m["a_only"],
                    b_only=m["b_only"])
 
@@ -160,7 +160,7 @@ def speed_comparisons(cost: CostMeasurement | None, n_resamples: int, seed: int)
                           ("generation latency per sequence", "generation_rounds")):
         xa, xb = getattr(cost.per_model[a], field), getattr(cost.per_model[b], field)
         r = stats.paired_bootstrap_ratio(xa, xb, n_resamples, seed)
-        out.append(_record("speed", metric, a, b, r["a"], r["b"], r["difference"], r["ci95"],
+        out.append(make_comparison("speed", metric, a, b, r["a"], r["b"], r["difference"], r["ci95"],
                            f"paired bootstrap over {r['pairs']} interleaved rounds", r["pairs"], "round",
                            digits=3, shown_unit="s", ratio=r["ratio"], ratio_ci95=r["ratio_ci95"]))
     return out

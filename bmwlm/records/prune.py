@@ -5,19 +5,27 @@
 - `BlockScoring` (`04 --scores-only`, e.g. `outputs/prune/block_scores_finetuned.json`): the same scores for
   any model, without removing anything;
 - `RemovalCurve` (`04 --curve`, `outputs/prune/removal_curve.json`): five selection methods' scores and
-  chosen sets for k = 0 … K blocks, the calibration and validation perplexity of each set, and the deep cut.
+  chosen sets for k = 0 … K blocks, the calibration and validation perplexity of each set, and the deep cut;
+- `HealingEvaluation` (`python -m bmwlm.evaluate.healing`, `outputs/study/healing_eval.json`): the validation
+  perplexity of every healed model and of the fine-tuned full model per article, and the paired comparisons.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bmwlm.config import BLOCK_IMPORTANCE_FILE, PRUNE, PRUNE_DIR, ROOT
+from bmwlm.config import BLOCK_IMPORTANCE_FILE, PRUNE, PRUNE_DIR, ROOT, STUDY_DIR
 from bmwlm.io import MissingInputError
 from bmwlm.records.base import Record
+from bmwlm.records.evaluation import Comparison, SplitScore
 
 REMOVAL_CURVE_FILE = PRUNE_DIR / "removal_curve.json"
 FINETUNED_SCORES_FILE = PRUNE_DIR / "block_scores_finetuned.json"
+HEALING_EVAL_FILE = STUDY_DIR / "healing_eval.json"
+# The depth study's four healing runs: (cut, healing) -> folder under outputs/study/runs/ (each holds pruned/)
+HEALING_RUNS = {("one_block", "fine-tune"): "one_block_ft", ("one_block", "distill"): "one_block_kd",
+                ("deep_cut", "fine-tune"): "deep_cut_ft", ("deep_cut", "distill"): "deep_cut_kd"}
+TEACHER = "full"  # the fine-tuned full model's key in a HealingEvaluation: the teacher and the gap's target
 
 
 @dataclass
@@ -205,6 +213,34 @@ class RemovalCurve(Record):
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class HealedModel(Record):
+    """One model's validation score in the healing evaluation."""
+
+    run: str  # a HEALING_RUNS folder name, or TEACHER
+    source: str  # the model folder scored (display_path), or "<metrics.json>:<entry>" taken from 05
+    validation: SplitScore  # as 05 scores it: the training windows, per-article sums, bootstrap interval
+    run_final_eval_loss: float | None  # the run's own last evaluation (03's run.json): the same windows
+    from_metrics: bool = False  # taken from a 05 metrics.json entry (`source`) instead of scoring a folder
+
+
+@dataclass
+class HealingEvaluation(Record):
+    """outputs/study/healing_eval.json: the healed models and the teacher scored per validation article, and
+    their paired comparisons (`bmwlm.evaluate.healing`)."""
+
+    validation_file: str
+    precision: str
+    bootstrap_resamples: int
+    seed: int
+    models: dict[str, HealedModel]  # run -> score
+    comparisons: list[Comparison]  # paired over validation articles: distill vs fine-tune, each vs TEACHER
+    device: str
+    threads: int
+    cpu_model: str
+    seconds: float
+
+
 def load_block_importance(path: Path | str = BLOCK_IMPORTANCE_FILE) -> BlockImportance:
     return BlockImportance.load(path, str(PRUNE))
 
@@ -220,3 +256,7 @@ def load_removal_curve(path: Path | str = REMOVAL_CURVE_FILE) -> RemovalCurve:
 
 def load_block_scoring(path: Path | str = FINETUNED_SCORES_FILE) -> BlockScoring:
     return BlockScoring.load(path, "04_prune_layer.py --scores-only (make study)")
+
+
+def load_healing_evaluation(path: Path | str = HEALING_EVAL_FILE) -> HealingEvaluation:
+    return HealingEvaluation.load(path, "python -m bmwlm.evaluate.healing (make study)")

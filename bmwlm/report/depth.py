@@ -5,11 +5,14 @@ Reads only the study's own files, each optional (a missing one becomes a note, n
   validation perplexity for k = 0 … K blocks removed;
 - `outputs/prune/block_importance.json` (04) and `outputs/prune/block_scores_finetuned.json`
   (`04 --scores-only --model outputs/runs/full/model`): per-block importance before and after fine-tuning;
-- `outputs/study/runs/<name>/pruned/run.json` for the four healing runs and `outputs/runs/full/run.json`
-  (the fine-tuned full model, the teacher and the target of the healing).
+- `outputs/study/runs/<name>/pruned/{run.json,log.jsonl}` for the four healing runs and
+  `outputs/runs/full/{run.json,log.jsonl}` (the fine-tuned full model, the teacher and the target of the healing);
+- `outputs/study/healing_eval.json` (`python -m bmwlm.evaluate.healing`): every healed model's validation
+  perplexity with its interval over articles, and the paired comparisons (distillation vs fine-tuning, each vs
+  the teacher).
 
-`depth_section(study, figures)` returns the markdown; `plot_removal_curve` and `plot_importance_shift`
-return PNG bytes; `render(study, out_dir)` writes `depth.md` and both figures (what `make study` runs last,
+`depth_section(study, figures)` returns the markdown; `plot_removal_curve`, `plot_healing` and
+`plot_importance_shift` return PNG bytes; `render(study, out_dir)` writes `depth.md` and both figures (what `make study` runs last,
 `python -m bmwlm.report.depth`). 06_report.py adds the same section and figures to report.md when
 `has_study` finds any of the study's files.
 """
@@ -26,20 +29,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MultipleLocator, NullFormatter  # noqa: E402
 
+from bmwlm import stats  # noqa: E402
 from bmwlm.config import BLOCK_IMPORTANCE_FILE, RUNS_DIR, STUDY_REPORT_DIR, STUDY_RUNS_DIR  # noqa: E402
 from bmwlm.io import BadRecordError, MissingInputError, write_together  # noqa: E402
 from bmwlm.prune.budget import spearman  # noqa: E402
 from bmwlm.report.figures import png_bytes  # noqa: E402
 from bmwlm.records.prune import (  # noqa: E402
-    FINETUNED_SCORES_FILE, REMOVAL_CURVE_FILE, BlockImportance, BlockScore, BlockScoring, RemovalCurve,
+    FINETUNED_SCORES_FILE, HEALING_EVAL_FILE, HEALING_RUNS, REMOVAL_CURVE_FILE, TEACHER, BlockImportance, BlockScore,
+    BlockScoring, HealingEvaluation, RemovalCurve,
 )
-from bmwlm.records.training import RunSummary, run_files  # noqa: E402
+from bmwlm.records.training import LogLine, RunSummary, load_log, run_files  # noqa: E402
 from bmwlm.report.text import NA, fmt, fmt_count, fmt_seconds, md_row  # noqa: E402
 
-# The four healing runs: (cut, healing) -> folder under outputs/study/runs/ (each holds pruned/run.json)
-HEALING_RUNS = {("one_block", "fine-tune"): "one_block_ft", ("one_block", "distill"): "one_block_kd",
-                ("deep_cut", "fine-tune"): "deep_cut_ft", ("deep_cut", "distill"): "deep_cut_kd"}
-FIGURES = ("removal_curve.png", "importance_shift.png")
+FIGURES = ("removal_curve.png", "healing.png", "importance_shift.png")
 # Okabe-Ito, one colour and marker per method in every figure
 METHOD_STYLE = {"loss_increase": ("#0072B2", "o"), "iterative_loss": ("#009E73", "s"),
                 "block_influence": ("#E69F00", "^"), "angular_span": ("#CC79A7", "D"), "last_blocks": ("#666666", "v")}
@@ -52,6 +54,8 @@ class Study:
     after: BlockScoring | None = None  # the same scores of the fine-tuned full model
     runs: dict[str, RunSummary] = field(default_factory=dict)  # HEALING_RUNS folder name -> run.json
     full: RunSummary | None = None  # the fine-tuned full model's run (teacher, gap target)
+    logs: dict[str, list[LogLine]] = field(default_factory=dict)  # run name (or TEACHER) -> its log.jsonl
+    healing: HealingEvaluation | None = None  # per-article scores and paired comparisons of the healed models
     notes: dict[str, str] = field(default_factory=dict)  # what is missing, and why
 
 
@@ -63,33 +67,47 @@ def _try(notes: dict, key: str, load):
         return None
 
 
+def _log(folder: Path) -> list[LogLine] | None:
+    path = Path(folder) / "log.jsonl"
+    return load_log(path) if path.is_file() else None
+
+
 def load_study(curve_file: Path = REMOVAL_CURVE_FILE, importance_file: Path = BLOCK_IMPORTANCE_FILE,
                finetuned_scores_file: Path = FINETUNED_SCORES_FILE, study_runs_dir: Path = STUDY_RUNS_DIR,
-               runs_dir: Path = RUNS_DIR) -> Study:
-    """Every study record that exists; `notes` says why the others are absent."""
+               runs_dir: Path = RUNS_DIR, healing_file: Path = HEALING_EVAL_FILE) -> Study:
+    """Every study record that exists; `notes` says why the others are absent. The teacher is `<runs_dir>/full`."""
     s = Study()
     s.curve = _try(s.notes, "curve", lambda: RemovalCurve.load(curve_file, "04_prune_layer.py --curve (make study)"))
     s.before = _try(s.notes, "before", lambda: BlockImportance.load(importance_file, "04_prune_layer.py (make prune)"))
     s.after = _try(s.notes, "after", lambda: BlockScoring.load(
         finetuned_scores_file, "04_prune_layer.py --scores-only --model outputs/runs/full/model (make study)"))
     s.full = _try(s.notes, "full", lambda: run_files("full", runs_dir).summary())
+    folders = {TEACHER: run_files("full", runs_dir).folder}
     for name in HEALING_RUNS.values():
-        run = _try(s.notes, name, lambda n=name: RunSummary.load(Path(study_runs_dir) / n / "pruned" / "run.json",
-                                                                  "make study"))
+        folders[name] = Path(study_runs_dir) / name / "pruned"
+        run = _try(s.notes, name, lambda f=folders[name]: RunSummary.load(f / "run.json", "make study"))
         if run is not None:
             s.runs[name] = run
+    for name, folder in folders.items():
+        lines = _try(s.notes, f"log:{name}", lambda f=folder: _log(f))
+        if lines:
+            s.logs[name] = lines
+    s.healing = _try(s.notes, "healing", lambda: HealingEvaluation.load(
+        healing_file, "python -m bmwlm.evaluate.healing (make study)"))
     return s
 
 
 def has_study(study: Study) -> bool:
     """Whether any of the study's own files exists (04's block_importance.json alone is the default run's)."""
-    return study.curve is not None or study.after is not None or bool(study.runs)
+    return study.curve is not None or study.after is not None or bool(study.runs) or study.healing is not None
 
 
 def study_inputs(prune_dir: Path, study_runs_dir: Path = STUDY_RUNS_DIR, runs_dir: Path = RUNS_DIR) -> Study:
-    """`load_study` with the study's files looked up in one prune folder (06's --prune-dir)."""
+    """`load_study` with the study's files looked up in one prune folder (06's --prune-dir); the healing
+    evaluation beside the healing runs (`<study_runs_dir>/../healing_eval.json`)."""
     return load_study(Path(prune_dir) / REMOVAL_CURVE_FILE.name, Path(prune_dir) / BLOCK_IMPORTANCE_FILE.name,
-                      Path(prune_dir) / FINETUNED_SCORES_FILE.name, study_runs_dir, runs_dir)
+                      Path(prune_dir) / FINETUNED_SCORES_FILE.name, study_runs_dir, runs_dir,
+                      Path(study_runs_dir).parent / HEALING_EVAL_FILE.name)
 
 
 # ---------------------------------------------------------------- figures
@@ -151,6 +169,51 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
     return png_bytes(fig)
 
 
+HEALING_STYLE = {"fine-tune": "#0072B2", "distill": "#D55E00"}  # colour per healing; line style per cut
+CUT_STYLE = {"one_block": ("-", "o"), "deep_cut": ("--", "s")}
+
+
+def plot_healing(study: Study, cut_labels: dict[str, str]) -> bytes | None:
+    """Validation perplexity at each evaluation of every healing run and of the teacher, against training
+    tokens (log scale): how fast each cut heals, and how close each healing gets to the fine-tuned full model."""
+    series = [(name, cut, healing) for (cut, healing), name in HEALING_RUNS.items() if study.logs.get(name)]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(8.6, 5.2))
+    ends = []
+    for name, cut, healing in series:
+        pts = [(line.tokens, math.exp(line.eval_loss)) for line in study.logs[name] if line.is_eval]
+        if not pts:
+            continue
+        ls, marker = CUT_STYLE.get(cut, ("-", "o"))
+        color = HEALING_STYLE.get(healing, "0.4")
+        ax.plot([t / 1e3 for t, _ in pts], [p for _, p in pts], ls=ls, marker=marker, color=color, lw=2, ms=6,
+                label=f"{cut_labels.get(cut, cut)}, {healing}")
+        ends.append((pts[-1][1], color))
+    teacher = [(line.tokens, math.exp(line.eval_loss)) for line in study.logs.get(TEACHER, []) if line.is_eval]
+    if teacher:
+        ax.plot([t / 1e3 for t, _ in teacher], [p for _, p in teacher], color="black", lw=1.5, ls=":", marker=".",
+                label=f"no cut ({study.full.blocks if study.full else 'all'} blocks), fine-tune: the teacher")
+        ax.axhline(teacher[-1][1], color="black", lw=0.6, alpha=0.5)
+    xmax = max(line.tokens for lines in study.logs.values() for line in lines) / 1e3
+    for value, color in ends:  # the final value beside each line's end, so the table need not be consulted
+        ax.annotate(f"{value:.2f}", xy=(xmax, value), xytext=(6, 0), textcoords="offset points", va="center",
+                    fontsize=8.5, color=color)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(-0.02 * xmax, xmax * 1.1)
+    ax.set_xlabel("training tokens (thousands); every run: the same recipe, seed and batches")
+    ax.set_ylabel("validation perplexity (log scale, lower is better)")
+    ax.set_title("Healing a cut model: plain fine-tuning vs distillation from the fine-tuned full model", fontsize=11)
+    ax.grid(alpha=0.3, which="both")
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8.5, frameon=False)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
 def plot_importance_shift(before: list[BlockScore], after: list[BlockScore], before_label: str = "base model",
                           after_label: str = "fine-tuned full model") -> bytes | None:
     """Per-block loss increase when skipped, before and after fine-tuning, side by side. A symlog scale when
@@ -198,12 +261,22 @@ def plot_importance_shift(before: list[BlockScore], after: list[BlockScore], bef
     return png_bytes(fig)
 
 
+def cut_labels(study: Study) -> dict[str, str]:
+    """How the two cuts are named: "block 14", "8 blocks [...]" (from 04's records where they exist)."""
+    c = study.curve
+    return {"one_block": f"block {study.before.removed_block}" if study.before else "one block",
+            "deep_cut": f"{len(c.deep_cut.blocks)} blocks {c.deep_cut.blocks}" if c and c.deep_cut else "deep cut"}
+
+
 def figures(study: Study) -> dict[str, bytes]:
     out = {}
     if study.curve is not None:
         png = plot_removal_curve(study.curve)
         if png:
             out["removal_curve.png"] = png
+    png = plot_healing(study, cut_labels(study))
+    if png:
+        out["healing.png"] = png
     if study.before is not None and study.after is not None and len(study.before.scores) == len(study.after.scores):
         png = plot_importance_shift(study.before.scores, study.after.scores)
         if png:
@@ -237,25 +310,61 @@ def curve_table(curve: RemovalCurve) -> list[str]:
     return lines
 
 
+def _interval(study: Study, name: str) -> str:
+    """The validation perplexity's 95% interval over articles from the healing evaluation (n/a without it)."""
+    model = study.healing.models.get(name) if study.healing else None
+    ci = model.validation.ci95 if model else None
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else NA
+
+
 def healing_table(study: Study, cut_blocks: dict[str, str]) -> list[str]:
     full_ppl = _ppl(study.full.final_eval_loss) if study.full else None
-    lines = [md_row(["cut", "healing", "val. perplexity before", "after", "share of the gap to the fine-tuned full "
-                     "model closed", "tokens/s", "training time"]), md_row(["---"] * 7)]
+    lines = [md_row(["cut", "healing", "val. perplexity before", "after", "95% CI (articles)", "share of the gap "
+                     "to the fine-tuned full model closed", "tokens/s", "training time"]), md_row(["---"] * 8)]
     for (cut, healing), name in HEALING_RUNS.items():
         run = study.runs.get(name)
         if run is None:
-            lines.append(md_row([cut_blocks.get(cut, cut), healing, NA, NA, NA, NA, f"not run ({name})"]))
+            lines.append(md_row([cut_blocks.get(cut, cut), healing, NA, NA, NA, NA, NA, f"not run ({name})"]))
             continue
         before, after = _ppl(run.initial_eval_loss), _ppl(run.final_eval_loss)
         share = gap_closed(before, after, full_ppl)
         lines.append(md_row([cut_blocks.get(cut, cut), healing, fmt(before, ".2f"), fmt(after, ".2f"),
-                             f"{100 * share:.0f}%" if share is not None else NA, fmt(run.tokens_per_s, ".0f"),
-                             fmt_seconds(run.train_seconds)]))
+                             _interval(study, name), f"{100 * share:.0f}%" if share is not None else NA,
+                             fmt(run.tokens_per_s, ".0f"), fmt_seconds(run.train_seconds)]))
     if study.full:
-        lines.append(md_row([f"none ({study.full.blocks} blocks)", "fine-tune (`outputs/runs/full`)", fmt(_ppl(study.full.initial_eval_loss)),
-                             fmt(full_ppl), "target", fmt(study.full.tokens_per_s, ".0f"),
-                             fmt_seconds(study.full.train_seconds)]))
+        lines.append(md_row([f"none ({study.full.blocks} blocks)", "fine-tune (the teacher)",
+                             fmt(_ppl(study.full.initial_eval_loss)), fmt(full_ppl), _interval(study, TEACHER),
+                             "target", fmt(study.full.tokens_per_s, ".0f"), fmt_seconds(study.full.train_seconds)]))
     return lines
+
+
+def _conditions(study: Study) -> str:
+    """Where the training timings come from: the CPU and threads of every run, said once when they agree."""
+    runs = [*study.runs.values(), *([study.full] if study.full else [])]
+    kinds = sorted({f"{r.cpu_model}, {r.threads} thread{'s' if r.threads != 1 else ''}" for r in runs})
+    return "; ".join(kinds)
+
+
+def healing_sentences(study: Study, cut_blocks: dict[str, str]) -> list[str]:
+    """The healing evaluation's paired comparisons as a list, with the models named by cut and healing."""
+    if study.healing is None:
+        return []
+    names = {name: f"{cut_blocks.get(cut, cut)}, {healing}" for (cut, healing), name in HEALING_RUNS.items()}
+    names[TEACHER] = "the fine-tuned full model"
+    out = []
+    for comp in study.healing.comparisons:  # 05's wording (`stats.compare`), the models named by cut and healing
+        sentence = stats.compare(comp.metric, names.get(comp.a, comp.a), names.get(comp.b, comp.b), comp.difference,
+                                 comp.ci95, test=comp.test)
+        out.append(f"- {sentence[0].upper()}{sentence[1:]}")
+    if not study.healing.comparisons:
+        return ["_The healing evaluation found no pair of scored models to compare._", ""]
+    sources = [f"{m.run} from {m.source}" for m in study.healing.models.values() if m.from_metrics]
+    note = (f" Scores taken from 05's records because the model folder was not kept: {'; '.join(sources)} (accepted "
+            "because the run's own last evaluation gives the same validation loss)." if sources else "")
+    return [f"Paired comparisons over the {study.healing.comparisons[0].units} "
+            f"validation articles (`python -m bmwlm.evaluate.healing`, {study.healing.precision}, "
+            f"{study.healing.bootstrap_resamples} bootstrap resamples; a - b, a direction only when the 95% interval "
+            f"excludes 0).{note}", "", *out, ""]
 
 
 def depth_section(study: Study, figure_paths: dict[str, str] | None = None, heading: str = "## Depth study") -> str:
@@ -287,8 +396,7 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
                     f"k = {c.max_removed} and removes blocks {d.blocks} ({fmt_count(d.parameters)} parameters left).", ""]
         if "removal_curve.png" in figure_paths:
             out += [f"![Perplexity against blocks removed]({figure_paths['removal_curve.png']})", ""]
-    cut_blocks = {"one_block": f"block {study.before.removed_block}" if study.before else "one block",
-                  "deep_cut": f"{len(c.deep_cut.blocks)} blocks {c.deep_cut.blocks}" if c and c.deep_cut else "deep cut"}
+    cut_blocks = cut_labels(study)
     out += [f"{sub} Healing: fine-tuning vs distillation from the fine-tuned full model", ""]
     if not study.runs:
         out += ["_No healing run found (outputs/study/runs/; `make study`)._", ""]
@@ -296,16 +404,20 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
         teacher = next((r.loss.split("distillation from ", 1)[1] for r in study.runs.values()
                         if "distillation from" in r.loss), None)
         out += [
-            "Every run uses the recipe of the two main variants (`TrainConfig`, same steps and tokens); "
-            "distillation replaces the loss by the KL divergence to the teacher's next-token distributions"
+            "Every run uses the recipe of the two main variants (`TrainConfig`: same steps, tokens, seed and batch "
+            "order); distillation replaces the loss by the KL divergence to the teacher's next-token distributions"
             + (f" (teacher: {teacher})" if teacher else "") + ". Perplexity on the validation split before and after "
-            "training; the share is (before − after) / (before − fine-tuned full model). One training seed per run and "
-            "no interval: a difference between two rows smaller than the seed-to-seed spread of the main variants "
-            "is not a finding.",
+            "training; the share is (before − after) / (before − fine-tuned full model). Tokens/s counts the "
+            "student's training tokens, so a distillation run's time includes the teacher's forward passes "
+            f"(timings: {_conditions(study)}). One training seed per run: the intervals are over validation "
+            "articles, not over training seeds.",
             "",
             *healing_table(study, cut_blocks),
             "",
+            *healing_sentences(study, cut_blocks),
         ]
+        if "healing.png" in figure_paths:
+            out += [f"![Validation perplexity during healing]({figure_paths['healing.png']})", ""]
     out += [f"{sub} Does fine-tuning move importance?", ""]
     if study.before is None or study.after is None:
         missing = "; ".join(study.notes[k] for k in ("before", "after") if k in study.notes)
@@ -346,10 +458,12 @@ def main(argv=None) -> int:
                    help="04 --scores-only's record for the fine-tuned full model")
     p.add_argument("--study-runs-dir", type=Path, default=STUDY_RUNS_DIR, help="the healing runs")
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="03's runs (the fine-tuned full model)")
+    p.add_argument("--healing-file", type=Path, default=HEALING_EVAL_FILE,
+                   help="python -m bmwlm.evaluate.healing's record (intervals and paired comparisons)")
     p.add_argument("--out-dir", type=Path, default=STUDY_REPORT_DIR, help="where depth.md and the figures go")
     args = p.parse_args(argv)
     study = load_study(args.curve_file, args.importance_file, args.finetuned_scores_file, args.study_runs_dir,
-                       args.runs_dir)
+                       args.runs_dir, args.healing_file)
     print(render(study, args.out_dir))
     return 0
 

@@ -8,9 +8,15 @@ What is copied (each only if it exists; nothing else is touched):
   `cards/<model>.md`);
 - `seeds/seed<N>/<variant>/`: `run.json` and `log.jsonl` of every seed-study run, and `seeds/summary.json`
   (per variant mean and sd of the final validation perplexity; pruned − full paired by seed, 95% t interval);
-- `study/`: the depth study's records (`removal_curve.json`, `block_scores_finetuned.json`), each
-  healing run's `run.json` and `log.jsonl` (`study/runs/<run>/pruned/`, as `make study` writes them), and
-  its section (`study/report/depth.md` and figures) made anew from the published files.
+- `study/`: the depth study's records (`removal_curve.json`, `block_scores_finetuned.json`,
+  `healing_eval.json`), each healing run's `run.json` and `log.jsonl` (`study/runs/<run>/pruned/`, as
+  `make study` writes them), the teacher's (`study/teacher/full/`: the fine-tuned full model the study
+  distilled from and measured the gap against), and its section (`study/report/depth.md` and figures) made
+  anew from the published files.
+
+`--only run|seeds|study` (repeatable) publishes only those parts and leaves the others as they are: a depth
+study made in another work folder (`BMWLM_WORKDIR`) is published with `--only study` without its own
+re-run of the default recipe replacing the default run's files.
 
 The cloze items are sentences of BMW press releases; the project keeps no copy of that text, so the
 published `qa_predictions.jsonl` keeps the cloze rows' ids, source article, answer, picks and scores
@@ -34,12 +40,13 @@ from bmwlm.config import (
     RUNS_DIR, STUDY_RUNS_DIR, VARIANTS,
 )
 from bmwlm.io import display_path, jsonl_text, read_json, read_jsonl, setup_logging, write_json, write_text
-from bmwlm.records.prune import FINETUNED_SCORES_FILE, REMOVAL_CURVE_FILE
+from bmwlm.records.prune import FINETUNED_SCORES_FILE, HEALING_EVAL_FILE, REMOVAL_CURVE_FILE
 from bmwlm.report import depth
 
 RESULTS_DIR = ROOT / "docs" / "results"
 SEEDS_DIR = OUTPUTS_DIR / "seeds"
 HARNESS_DIR = EVAL_DIR / "harness"
+PARTS = ("run", "seeds", "study")
 REDACTED = "(cloze item {item} of validation article {source}: sentence not kept, 05 rebuilds it)"
 log = logging.getLogger("publish")
 
@@ -90,16 +97,19 @@ def report_from_published(eval_dir: Path, outputs: Path, out_dir: Path) -> list[
 
 def published_study(dest: Path = RESULTS_DIR) -> depth.Study:
     """The depth study as published under `dest` (what the README's depth section and figures show); the
-    notes on missing pieces name paths relative to the repository, so the text is the same in any clone."""
-    study = depth.load_study(dest / "study" / REMOVAL_CURVE_FILE.name, dest / "run" / "prune" / BLOCK_IMPORTANCE_FILE.name,
-                            dest / "study" / FINETUNED_SCORES_FILE.name, dest / "study" / "runs",
-                            dest / "run" / "runs")
+    teacher is `study/teacher/full/` when published, else the default run's full model. The notes on missing
+    pieces name paths relative to the repository, so the text is the same in any clone."""
+    study_dir = dest / "study"
+    teacher = study_dir / "teacher" if (study_dir / "teacher" / "full" / "run.json").is_file() else dest / "run" / "runs"
+    study = depth.load_study(study_dir / REMOVAL_CURVE_FILE.name, dest / "run" / "prune" / BLOCK_IMPORTANCE_FILE.name,
+                             study_dir / FINETUNED_SCORES_FILE.name, study_dir / "runs", teacher,
+                             study_dir / HEALING_EVAL_FILE.name)
     study.notes = {k: v.replace(f"{ROOT}/", "") for k, v in study.notes.items()}
     return study
 
 
-def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]:
-    """Copy everything listed in the module docstring from `outputs` into `dest`; returns what was written."""
+def publish_run(dest: Path, outputs: Path) -> list[Path]:
+    """The default run: 04's record, both variants' runs and cards, 05's files and harness results, 06's report."""
     copied: list[Path] = []
     run = dest / "run"
     prune = outputs / PRUNE_DIR.relative_to(OUTPUTS_DIR)
@@ -124,6 +134,12 @@ def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]
         _copy(harness, run / "eval" / "harness" / harness.name, copied)
     if (run / "eval" / METRICS_FILE.name).is_file():
         copied += report_from_published(run / "eval", outputs, run / "report")
+    return copied
+
+
+def publish_seeds(dest: Path, outputs: Path) -> list[Path]:
+    """Every seed-study run, and the summary the README's seed tables read."""
+    copied: list[Path] = []
     for run_json in sorted((outputs / SEEDS_DIR.relative_to(OUTPUTS_DIR)).glob("seed*/*/run.json")):
         _copy_run(run_json.parent, dest / "seeds" / run_json.parent.parent.name / run_json.parent.name, copied)
     if (dest / "seeds").is_dir():
@@ -132,10 +148,22 @@ def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]
         summary = dest / "seeds" / "summary.json"
         write_json(summary, seed_summary(dest))
         copied.append(summary)
+    return copied
+
+
+def publish_study(dest: Path, outputs: Path) -> list[Path]:
+    """The depth study's records, healing runs and teacher run, and its section rendered from them."""
+    copied: list[Path] = []
+    prune = outputs / PRUNE_DIR.relative_to(OUTPUTS_DIR)
+    study_runs = outputs / STUDY_RUNS_DIR.relative_to(OUTPUTS_DIR)
     for f in (REMOVAL_CURVE_FILE, FINETUNED_SCORES_FILE):
         _copy(prune / f.name, dest / "study" / f.name, copied)
-    for run_json in sorted((outputs / STUDY_RUNS_DIR.relative_to(OUTPUTS_DIR)).glob("*/pruned/run.json")):
+    _copy(study_runs.parent / HEALING_EVAL_FILE.name, dest / "study" / HEALING_EVAL_FILE.name, copied)
+    healing_runs = sorted(study_runs.glob("*/pruned/run.json"))
+    for run_json in healing_runs:
         _copy_run(run_json.parent, dest / "study" / "runs" / run_json.parent.parent.name / "pruned", copied)
+    if healing_runs:  # the teacher and gap target of those runs
+        _copy_run(outputs / RUNS_DIR.relative_to(OUTPUTS_DIR) / "full", dest / "study" / "teacher" / "full", copied)
     study = published_study(dest)
     if depth.has_study(study):
         report = depth.render(study, dest / "study" / "report")
@@ -143,14 +171,25 @@ def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR) -> list[Path]
     return copied
 
 
+PUBLISHERS = {"run": publish_run, "seeds": publish_seeds, "study": publish_study}
+
+
+def publish(dest: Path = RESULTS_DIR, outputs: Path = OUTPUTS_DIR, parts=PARTS) -> list[Path]:
+    """Copy everything listed in the module docstring (only `parts`) from `outputs` into `dest`; returns what
+    was written."""
+    return [path for part in PARTS if part in parts for path in PUBLISHERS[part](Path(dest), Path(outputs))]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Copy a finished run's result files into docs/results/ (see the module "
                                             "docstring for the list).")
     p.add_argument("--outputs", type=Path, default=OUTPUTS_DIR, help="the run's outputs folder (default: %(default)s)")
     p.add_argument("--dest", type=Path, default=RESULTS_DIR, help="where they go (default: %(default)s)")
+    p.add_argument("--only", action="append", choices=PARTS, default=None,
+                   help="publish only this part (repeatable; default: all of them); the others stay as they are")
     args = p.parse_args(argv)
     setup_logging(False)
-    copied = publish(args.dest, args.outputs)
+    copied = publish(args.dest, args.outputs, args.only or PARTS)
     if not copied:
         print(f"error: nothing to publish under {args.outputs}; run the pipeline first (make pipeline-offline)",
               file=sys.stderr)
