@@ -82,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="after the choice, also score the intact model and the chosen, last, middle and cosine-proxy "
                         "removals on the validation split (labelled as reporting; --curve always scores it)")
     p.add_argument("--validation-tokens", type=int, default=0,
-                   help="cap on the predicted validation tokens scored for reporting (0 = all)")
+                   help="predicted validation tokens scored for reporting, in evenly spaced windows over the whole "
+                        "split (0 = every window)")
     p.add_argument("--scores-only", action="store_true",
                    help="only score the blocks of --model (e.g. outputs/runs/full/model) into --scores-file; "
                         "remove nothing")

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from bmwlm import prune
 from bmwlm.modeling import count_parameters, evaluate_nll, get_blocks, load_model, load_tokenizer, remove_block
-from bmwlm.prune.data import calibration_sample, check_disjoint, validation_ids
+from bmwlm.prune.data import calibration_sample, check_disjoint, validation_ids, validation_windows
 from bmwlm.prune.runner import BlockRunner, RunnerError, check_runner
 from bmwlm.prune.scoring import score_windows, set_losses, uncached_skip_losses
 from bmwlm.records.prune import BlockImportance, BlockScore, BlockScoring, load_block_importance, pruned_model_dir
@@ -173,6 +173,15 @@ def test_calibration_windows_are_evenly_spaced_over_the_whole_training_split(tin
     assert sample.last_published >= records[30]["published"]  # its first N tokens end near article 6
     everything = calibration_sample(splits["train"], tokenizer, BLOCK_SIZE, 0)
     assert len(everything.windows) == everything.windows_total and len(everything.article_ids) == 40
+
+
+def test_capped_validation_windows_are_evenly_spaced_over_the_whole_split(tiny_llama_dir, splits):
+    tokenizer = load_tokenizer(tiny_llama_dir)
+    every = validation_windows(splits["validation"], tokenizer, BLOCK_SIZE)
+    capped = validation_windows(splits["validation"], tokenizer, BLOCK_SIZE, 2 * (BLOCK_SIZE - 1))
+    assert len(every) > 3 and len(capped) == 2
+    assert capped[0] == every[0] and capped[1] == every[len(every) // 2]  # not the first two: the oldest weeks
+    assert validation_windows(splits["validation"], tokenizer, BLOCK_SIZE, 0) == every
 
 
 def test_a_training_split_without_text_is_refused(tiny_llama_dir, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bmwlm.io import BadRecordError, read_jsonl
-from bmwlm.windows import evenly_spaced, first_tokens, pack_documents, tokenize_texts
+from bmwlm.windows import evenly_spaced, pack_documents, tokenize_texts
 
 
 class PruneInputError(ValueError):
@@ -85,11 +85,15 @@ def calibration_sample(train_file: Path, tokenizer, block_size: int, max_tokens:
 
 
 def validation_windows(path: Path, tokenizer, block_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """The validation texts packed like evaluation (EOS-separated windows, tail kept), capped to the first
-    `max_tokens` predicted tokens (all if None/0). For reporting after the choice only."""
+    """The validation texts packed like evaluation (EOS-separated windows, tail kept); all of them when
+    `max_tokens` is None/0, else evenly spaced windows holding about `max_tokens` predicted tokens (the
+    split is in date order: its first tokens would be its oldest weeks only). For reporting after the choice."""
     records = read_texts(path)
     docs = tokenize_texts(tokenizer, [r["text"] for r in records])
-    return first_tokens(pack_documents(docs, block_size, tokenizer.eos_token_id, keep_tail=True), max_tokens)
+    packed = pack_documents(docs, block_size, tokenizer.eos_token_id, keep_tail=True)
+    if not max_tokens:
+        return packed
+    return evenly_spaced(packed, max(1, math.ceil(max_tokens / (block_size - 1))))
 
 
 def validation_ids(path: Path) -> set[str]:
