@@ -75,19 +75,38 @@ def bf16_supported() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def matmul_gflops(dtype_name: str = "bfloat16", n: int = 2048, repeats: int = 10) -> float:
+def matmul_gflops(dtype_name: str = "bfloat16", n: int = 2048, repeats: int = 10,
+                  budget_s: float | None = 1.0) -> float:
     """Best-of-`repeats` GFLOP/s of an n x n matmul: the machine's practical ceiling for that dtype.
 
-    The best of several (about a tenth of a second in all) so that a busy machine lowers it less.
+    The best of several so that a busy machine lowers it less. Bounded in time (`budget_s`; None: exactly
+    n and repeats): a 256 x 256 probe first, then the largest power-of-two n up to `n` whose product the
+    probe predicts to take at most a tenth of the budget, and no more repeats once the budget is spent.
+    Where the dtype is slow (bfloat16 emulated on a CPU without native support runs some 40 times slower
+    than float32) the start-up measurement so stays about a second instead of minutes.
     """
     dtype = getattr(torch, dtype_name)
+    if budget_s is not None:
+        probe = 256
+        a, b = torch.randn(probe, probe, dtype=dtype), torch.randn(probe, probe, dtype=dtype)
+        a @ b  # warm-up (oneDNN picks its kernel)
+        t0 = time.perf_counter()
+        a @ b
+        per_flop = (time.perf_counter() - t0) / (2 * probe**3)
+        size = probe
+        while size * 2 <= n and per_flop * 2 * (size * 2) ** 3 <= budget_s / 10:
+            size *= 2
+        n = min(n, size)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up (oneDNN picks its kernel)
-    best = math.inf
+    best, spent = math.inf, 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
-        best = min(best, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        best, spent = min(best, took), spent + took
+        if budget_s is not None and spent > budget_s:
+            break
     return 2 * n**3 / best / 1e9
 
 

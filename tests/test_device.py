@@ -38,6 +38,19 @@ def _blocks(n=5, length=24, seed=0):
 # ---------------------------------------------------------------- the policy
 
 
+def test_the_matmul_ceiling_takes_about_a_second_even_where_the_dtype_is_emulated(monkeypatch):
+    import time
+
+    t0 = time.perf_counter()
+    gflops = hardware.matmul_gflops("bfloat16")  # on a CPU without native bf16 a 2048 product alone takes ~20 s
+    assert gflops > 0 and time.perf_counter() - t0 < 10
+    calls = []
+    real = time.perf_counter
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: calls.append(1) or real() + len(calls))
+    assert hardware.matmul_gflops("float32", n=512, repeats=50) > 0  # every product seems to take a second
+    assert len(calls) < 10  # probe and two repeats, not fifty
+
+
 def test_03_offers_the_shared_device_choices():
     assert options.DEVICE_CHOICES is hardware.DEVICE_CHOICES  # one definition, in bmwlm.config
 

@@ -141,6 +141,7 @@ def test_the_section_tables_every_method_every_healing_run_and_the_importance_sh
     assert "| block 2 | fine-tune | 40.00 | 16.00 | [15.00, 17.20] | 96% |" in md  # interval: healing evaluation
     assert "| 2 blocks [2, 3] | distill | 90.00 | 30.00 | n/a | 80% |" in md  # (90 - 30) / (90 - 15); not scored
     assert "(teacher: outputs/runs/full/model (alpha 1.0, temperature 1.0))" in md and "One training seed per run" in md
+    assert "(timings: cpu, 1 thread, float32)" in md  # one set of conditions, said once, with the precision
     assert "least important block 2 before, 3 after" in md
     assert "importance_shift.png" not in md  # no figure link unless it was drawn
 
@@ -217,3 +218,11 @@ def test_publish_copies_the_study_and_renders_its_section_from_the_published_fil
     assert (dest / "study" / "teacher" / "full" / "log.jsonl").is_file()  # the healing figure's dotted line
     for name in depth.FIGURES:
         assert (dest / "study" / "report" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_method_that_explodes_is_tabled_in_two_digits_and_the_figure_still_draws():
+    c = curve()
+    last = c.curves["last_blocks"][K]
+    last.validation_perplexity, last.calibration_perplexity = 2.11e9, 2.46e9
+    assert "| 2.1e9 (2.5e9) |" in "\n".join(depth.curve_table(c))
+    assert depth.plot_removal_curve(c)[:4] == b"\x89PNG"

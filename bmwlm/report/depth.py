@@ -113,6 +113,9 @@ def study_inputs(prune_dir: Path, study_runs_dir: Path = STUDY_RUNS_DIR, runs_di
 # ---------------------------------------------------------------- figures
 
 
+OFF_SCALE = 20  # the curve figure's scale ends near the largest perplexity within this factor of the intact model's
+
+
 def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
     """Perplexity against blocks removed, a line per method; calibration (where the sets were chosen) on the
     left, validation (reporting) on the right, one log scale for both."""
@@ -121,7 +124,7 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
     panels = [("calibration_perplexity", f"Calibration sample ({fmt_count(curve.calibration.predicted_tokens)} "
                                          "training tokens):\nwhere the blocks were chosen")]
     if curve.validation_tokens:
-        panels.append(("validation_perplexity", f"Validation split ({fmt_count(curve.validation_tokens)} tokens):\n"
+        panels.append(("validation_perplexity", f"Validation windows ({fmt_count(curve.validation_tokens)} tokens):\n"
                                                 "scored after every choice"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), sharey=True, squeeze=False)
     values = [getattr(p, key) for pts in curve.curves.values() for p in pts for key, _ in panels
@@ -145,6 +148,19 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
             cut = curve.curves.get(curve.deep_cut.method, [])
             if len(cut) > k_max and getattr(cut[k_max], key) is not None:
                 ax.plot([k_max], [getattr(cut[k_max], key)], "o", ms=14, mfc="none", mec="black", mew=1.5, zorder=4)
+        base_value = getattr(base, key)
+        top = max(v for v in [getattr(p, key) for pts in curve.curves.values() for p in pts]
+                  if v is not None and v <= base_value * OFF_SCALE) * 1.35
+        for method in curve.methods:  # a method that leaves the scale is named where it leaves, with its values
+            pts = [p for p in curve.curves.get(method, []) if getattr(p, key) is not None]
+            out = [p for p in pts if getattr(p, key) > top]
+            if out:
+                color, _ = METHOD_STYLE.get(method, ("0.3", "o"))
+                ax.annotate(f"{curve.method_labels.get(method, method)}: off the scale from k = {out[0].k}\n"
+                            f"({_big(getattr(out[0], key))}; {_big(getattr(out[-1], key))} at k = {out[-1].k})",
+                            xy=(out[0].k, top), xytext=(out[0].k + 0.25, top / 1.12), fontsize=8.5, color=color,
+                            va="top", arrowprops=dict(arrowstyle="->", color=color, lw=1))
+        ax.set_ylim(base_value * 0.8, top)
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10.5)
         ax.set_xlabel(f"blocks removed (of {curve.n_blocks})")
@@ -153,16 +169,15 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
         ax.grid(alpha=0.3, which="both")
         ax.set_axisbelow(True)
     ax0 = axes[0][0]
-    lo, hi = min(values), max(values)
-    ax0.set_ylim(lo * 0.8, hi * 1.25)
-    ax0.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax0.set_ylim(min(values) * 0.8, max(ax.get_ylim()[1] for ax in axes[0]))
+    ax0.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     ax0.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax0.yaxis.set_minor_formatter(NullFormatter())
     ax0.set_ylabel("perplexity (log scale, lower is better)")
     handles, labels = ax0.get_legend_handles_labels()
     if curve.deep_cut is not None:
         handles.append(plt.Line2D([], [], marker="o", ms=10, mfc="none", mec="black", ls=""))
-        labels.append(f"deep cut trained in the study ({curve.deep_cut.method}, k = {k_max})")
+        labels.append(f"deep cut chosen for the healing runs ({curve.deep_cut.method}, k = {k_max})")
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8.5, frameon=False)
     fig.suptitle(f"Removing blocks from {curve.base_model} before any fine-tuning ({curve.precision})", fontsize=12)
     fig.tight_layout(rect=(0, 0.1, 1, 0.97))
@@ -298,12 +313,17 @@ def gap_closed(before: float | None, after: float | None, target: float | None) 
     return (before - after) / (before - target)
 
 
+def _big(value) -> str:
+    """A perplexity for a table cell: one decimal, or two significant digits once it is past 10,000."""
+    return fmt(value, ".1f") if value is None or value < 1e4 else f"{value:.1e}".replace("e+0", "e").replace("e+", "e")
+
+
 def curve_table(curve: RemovalCurve) -> list[str]:
     ks = range(curve.max_removed + 1)
     lines = [md_row(["method", *[f"k = {k}" for k in ks]]), md_row(["---"] * (len(ks) + 1))]
     for method in curve.methods:
         pts = curve.curves.get(method, [])
-        cells = [f"{fmt(p.validation_perplexity, '.1f')} ({fmt(p.calibration_perplexity, '.1f')})" for p in pts]
+        cells = [f"{_big(p.validation_perplexity)} ({_big(p.calibration_perplexity)})" for p in pts]
         lines.append(md_row([curve.method_labels.get(method, method), *cells]))
     lines += ["", f"Blocks each method removes at k = {curve.max_removed}: " + "; ".join(
         f"{curve.method_labels.get(m, m)} {curve.curves[m][-1].blocks}" for m in curve.methods if m in curve.curves) + "."]
@@ -339,9 +359,10 @@ def healing_table(study: Study, cut_blocks: dict[str, str]) -> list[str]:
 
 
 def _conditions(study: Study) -> str:
-    """Where the training timings come from: the CPU and threads of every run, said once when they agree."""
+    """Where the training timings come from: the CPU, threads and precision of every run, said once when they
+    agree (a run in another precision than the others is then visible: it is not the same recipe)."""
     runs = [*study.runs.values(), *([study.full] if study.full else [])]
-    kinds = sorted({f"{r.cpu_model}, {r.threads} thread{'s' if r.threads != 1 else ''}" for r in runs})
+    kinds = sorted({f"{r.cpu_model}, {r.threads} thread{'s' if r.threads != 1 else ''}, {r.precision}" for r in runs})
     return "; ".join(kinds)
 
 
@@ -382,7 +403,7 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
             f"(about a quarter of the depth). Every choice is made on the calibration sample "
             f"({fmt_count(cal.predicted_tokens)} tokens in {cal.windows} evenly spaced windows of the training "
             f"split, {cal.articles} articles, {str(cal.first_published)[:10]} … {str(cal.last_published)[:10]}); "
-            f"the validation split ({fmt_count(c.validation_tokens)} tokens) is scored only afterwards. "
+            f"the validation windows ({fmt_count(c.validation_tokens)} predicted tokens of the validation split) are scored only afterwards. "
             f"Scores in {c.precision}, no fine-tuning.",
             "",
             "Validation perplexity (calibration perplexity in brackets) with k blocks removed:",
