@@ -172,8 +172,27 @@ def test_run_summary_has_every_setting_of_the_recipe(gpt2_run):
     assert record.validation_subset == "all" and record.validation_blocks == record.validation_blocks_total
 
 
-def test_training_runs_under_bf16_autocast(gpt2_run):
+def test_training_runs_under_bf16_autocast_where_the_cpu_has_it_else_in_float32(gpt2_run):
+    from bmwlm.hardware import bf16_supported
+
     record, _, seen = gpt2_run
+    native = bf16_supported()  # AVX512-BF16 or AMX: bf16 autocast; without them bf16 is emulated, so float32
+    assert {autocast for training, autocast in seen if training} == ({torch.bfloat16} if native else {False})
+    assert record.precision == ("bf16-autocast" if native else "float32")
+
+
+def test_the_bf16_path_trains_under_autocast_on_any_cpu(tiny_gpt2_dir, splits, tmp_path, monkeypatch):
+    from bmwlm import hardware
+
+    seen = []
+
+    def spy(model, input_ids, chunk_size=0):
+        seen.append((model.training, torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+        return causal_lm_loss(model, input_ids, chunk_size)
+
+    monkeypatch.setattr(hardware, "bf16_supported", lambda: True)  # as on a CPU with native bf16
+    monkeypatch.setattr(trainer, "causal_lm_loss", spy)
+    record = _run(tiny_gpt2_dir, splits, tmp_path, max_steps=2, eval_steps=2, logging_steps=1)
     assert {autocast for training, autocast in seen if training} == {torch.bfloat16}
     assert record.precision == "bf16-autocast"
 
