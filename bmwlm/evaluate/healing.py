@@ -60,8 +60,8 @@ class Candidate:
         return run_files(self.variant, self.folder.parent).model_dir
 
     def summary(self) -> RunSummary | None:
-        path = self.folder / "run.json"
-        return RunSummary.load(path, "make study") if path.is_file() else None
+        files = run_files(self.variant, self.folder.parent)
+        return files.summary() if files.run_file.is_file() else None
 
 
 def candidates(study_runs_dir: Path = STUDY_RUNS_DIR, runs_dir: Path = RUNS_DIR) -> list[Candidate]:

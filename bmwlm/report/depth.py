@@ -12,7 +12,7 @@ Reads only the study's own files, each optional (a missing one becomes a note, n
   the teacher).
 
 `depth_section(study, figures)` returns the markdown; `plot_removal_curve`, `plot_healing` and
-`plot_importance_shift` return PNG bytes; `render(study, out_dir)` writes `depth.md` and both figures (what `make study` runs last,
+`plot_importance_shift` return PNG bytes; `render(study, out_dir)` writes `depth.md` and its figures (what `make study` runs last,
 `python -m bmwlm.report.depth`). 06_report.py adds the same section and figures to report.md when
 `has_study` finds any of the study's files.
 """
@@ -130,6 +130,7 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
     values = [getattr(p, key) for pts in curve.curves.values() for p in pts for key, _ in panels
               if getattr(p, key) is not None]
     k_max = curve.max_removed
+    tops = []  # per panel: the scale's top (methods above it are named, not drawn to scale)
     for ax, (key, title) in zip(axes[0], panels):
         ends = []
         for method in curve.methods:
@@ -160,7 +161,7 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
                             f"({_big(getattr(out[0], key))}; {_big(getattr(out[-1], key))} at k = {out[-1].k})",
                             xy=(out[0].k, top), xytext=(out[0].k + 0.25, top / 1.12), fontsize=8.5, color=color,
                             va="top", arrowprops=dict(arrowstyle="->", color=color, lw=1))
-        ax.set_ylim(base_value * 0.8, top)
+        tops.append(top)
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10.5)
         ax.set_xlabel(f"blocks removed (of {curve.n_blocks})")
@@ -169,7 +170,7 @@ def plot_removal_curve(curve: RemovalCurve) -> bytes | None:
         ax.grid(alpha=0.3, which="both")
         ax.set_axisbelow(True)
     ax0 = axes[0][0]
-    ax0.set_ylim(min(values) * 0.8, max(ax.get_ylim()[1] for ax in axes[0]))
+    ax0.set_ylim(min(values) * 0.8, max(tops))  # the panels share this axis
     ax0.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     ax0.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax0.yaxis.set_minor_formatter(NullFormatter())
