@@ -182,9 +182,14 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
     return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
+def compute_dtype_name(dtype: torch.dtype | None) -> str:
+    """The dtype matmuls run in under autocast `dtype` (None: no autocast, float32): "bfloat16", "float32"..."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     """How records name a precision: "float32", "bfloat16 autocast", "float16 autocast"."""
-    return "float32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
+    return "float32" if dtype is None else f"{compute_dtype_name(dtype)} autocast"
 
 
 def device_matmul_gflops(device: torch.device | str, dtype_name: str = "bfloat16", n: int = 2048,

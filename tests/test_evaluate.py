@@ -315,8 +315,8 @@ def _run_summary(variant: str, base_model: str, model_dir: Path, block_size: int
         overrides={}, seed=42, versions={}, cpu_model="test", threads=1, precision="float32", compiled=False,
         loss="model loss", parameters=params, blocks=blocks, train_blocks=10, validation_blocks=2,
         validation_blocks_total=2, validation_subset="all", steps=3, epochs=1.0, tokens_seen=768,
-        train_seconds=12.5, eval_seconds=1.0, wall_seconds=15.0, tokens_per_s=61.4, bf16_matmul_gflops=1.0,
-        share_of_bf16_peak=0.01, initial_eval_loss=10.9, final_eval_loss=10.7, final_train_loss=10.6,
+        train_seconds=12.5, eval_seconds=1.0, wall_seconds=15.0, tokens_per_s=61.4, matmul_gflops=1.0,
+        share_of_peak=0.01, initial_eval_loss=10.9, final_eval_loss=10.7, final_train_loss=10.6,
         resumed_from_step=None, train_file="train.jsonl", validation_file="validation.jsonl",
         finished_at="2026-04-20T14:03:11+00:00")
 

@@ -71,7 +71,7 @@ def run(initial_ppl, final_ppl, loss="chunked output layer, 512 positions", bloc
         cpu_model="cpu", threads=1, precision="float32", compiled=False, loss=loss, parameters=1, blocks=blocks,
         train_blocks=1, validation_blocks=1, validation_blocks_total=1, validation_subset="all", steps=1, epochs=1.0,
         tokens_seen=1, train_seconds=600.0, eval_seconds=1.0, wall_seconds=700.0, tokens_per_s=800.0,
-        bf16_matmul_gflops=1.0, share_of_bf16_peak=0.1, initial_eval_loss=math.log(initial_ppl),
+        matmul_gflops=1.0, share_of_peak=0.1, initial_eval_loss=math.log(initial_ppl),
         final_eval_loss=math.log(final_ppl), final_train_loss=1.0, resumed_from_step=None, train_file="t",
         validation_file="v", finished_at="now")
 

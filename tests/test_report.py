@@ -98,8 +98,8 @@ def fake_run(variant: str, log: list[LogLine], params: int, blocks: int, **chang
         compiled=True, loss="chunked output layer, 512 positions", parameters=params, blocks=blocks,
         train_blocks=2000, validation_blocks=200, validation_blocks_total=200, validation_subset="all",
         steps=train[-1].step, epochs=1.25, tokens_seen=train[-1].tokens, train_seconds=secs, eval_seconds=40.0,
-        wall_seconds=secs + 40, tokens_per_s=train[-1].tokens / secs, bf16_matmul_gflops=400.0,
-        share_of_bf16_peak=0.2, initial_eval_loss=evals[0].eval_loss, final_eval_loss=evals[-1].eval_loss,
+        wall_seconds=secs + 40, tokens_per_s=train[-1].tokens / secs, matmul_gflops=400.0,
+        share_of_peak=0.2, initial_eval_loss=evals[0].eval_loss, final_eval_loss=evals[-1].eval_loss,
         final_train_loss=train[-1].loss, resumed_from_step=None, train_file="data/processed/train.jsonl",
         validation_file="data/processed/validation.jsonl", finished_at="2026-04-20T14:03:11+02:00")
     return replace(run, **changes)

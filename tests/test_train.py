@@ -179,22 +179,44 @@ def test_training_runs_under_bf16_autocast_where_the_cpu_has_it_else_in_float32(
     native = bf16_supported()  # AVX512-BF16 or AMX: bf16 autocast; without them bf16 is emulated, so float32
     assert {autocast for training, autocast in seen if training} == ({torch.bfloat16} if native else {False})
     assert record.precision == ("bf16-autocast" if native else "float32")
+    assert record.peak_dtype == ("bfloat16" if native else "float32")  # the ceiling of the matmuls it ran
 
 
-def test_the_bf16_path_trains_under_autocast_on_any_cpu(tiny_gpt2_dir, splits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_each_precision_trains_under_its_autocast_and_measures_its_ceiling_in_its_dtype(
+        tiny_gpt2_dir, splits, tmp_path, monkeypatch, native):
     from bmwlm import hardware
+    from bmwlm.train import run
 
-    seen = []
+    seen, ceilings = [], []
 
     def spy(model, input_ids, chunk_size=0):
         seen.append((model.training, torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
         return causal_lm_loss(model, input_ids, chunk_size)
 
-    monkeypatch.setattr(hardware, "bf16_supported", lambda: True)  # as on a CPU with native bf16
+    def ceiling(device, dtype_name="bfloat16", *args, **kwargs):
+        ceilings.append(dtype_name)
+        return 123.0
+
+    monkeypatch.setattr(hardware, "bf16_supported", lambda: native)  # as on a CPU with / without native bf16
     monkeypatch.setattr(trainer, "causal_lm_loss", spy)
+    monkeypatch.setattr(run, "device_matmul_gflops", ceiling)
     record = _run(tiny_gpt2_dir, splits, tmp_path, max_steps=2, eval_steps=2, logging_steps=1)
-    assert {autocast for training, autocast in seen if training} == {torch.bfloat16}
-    assert record.precision == "bf16-autocast"
+    assert {autocast for training, autocast in seen if training} == ({torch.bfloat16} if native else {False})
+    assert record.precision == ("bf16-autocast" if native else "float32")
+    # a float32 run's share is of the float32 ceiling (of the bf16 one it read 1,000%+ where bf16 is emulated)
+    assert ceilings == [record.peak_dtype] == (["bfloat16"] if native else ["float32"])
+    assert record.matmul_gflops == 123.0
+    assert record.share_of_peak == round(record.tokens_per_s * 6 * record.parameters / 123e9, 4)
+
+
+def test_a_run_json_from_before_the_ceiling_followed_the_precision_still_loads(tmp_path):
+    old = json.loads((ROOT / "docs/results/run/runs/full/run.json").read_text())
+    assert "bf16_matmul_gflops" in old and "peak_dtype" not in old  # the committed default run is such a file
+    record = RunSummary.from_dict(old)
+    assert record.matmul_gflops == old["bf16_matmul_gflops"] and record.share_of_peak == old["share_of_bf16_peak"]
+    assert record.peak_dtype == "bfloat16"
+    assert "bf16_matmul_gflops" not in record.to_dict() and RunSummary.from_dict(record.to_dict()) == record
 
 
 def test_evaluation_uses_a_fixed_evenly_spaced_subset_when_capped(tiny_gpt2_dir, splits, tmp_path):

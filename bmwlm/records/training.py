@@ -70,8 +70,8 @@ class RunSummary(Record):
     eval_seconds: float
     wall_seconds: float  # this process, from start to run.json
     tokens_per_s: float  # tokens_seen / train_seconds
-    bf16_matmul_gflops: float  # the measured ceiling at start-up
-    share_of_bf16_peak: float  # tokens_per_s * 6 * parameters / ceiling
+    matmul_gflops: float  # one device's matmul ceiling measured at start-up, in `peak_dtype`
+    share_of_peak: float  # tokens_per_s * 6 * parameters / (ceiling * processes)
     initial_eval_loss: float | None  # None when a resumed run's log lacks step 0
     final_eval_loss: float | None
     final_train_loss: float | None
@@ -88,6 +88,17 @@ class RunSummary(Record):
     accumulation: int | None = None  # micro-batches per optimizer step in each process
     effective_batch: int | None = None  # per_device_batch * processes * accumulation blocks per step
     world_batch: str = "keep"  # "keep": effective batch = the recipe's; "scale": recipe's x processes
+    peak_dtype: str = "bfloat16"  # the dtype the ceiling was measured in: the one the run's matmuls ran in
+
+    # run.json files from before the ceiling followed the precision: always measured in bfloat16
+    LEGACY_KEYS = {"bf16_matmul_gflops": "matmul_gflops", "share_of_bf16_peak": "share_of_peak"}
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "") -> "RunSummary":
+        """Also reads an older run.json, whose ceiling fields carry their former bf16 names."""
+        if isinstance(data, dict):
+            data = {cls.LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+        return super().from_dict(data, source=source)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.config)

@@ -29,7 +29,7 @@ from transformers import PrinterCallback, ProgressCallback, default_data_collato
 from bmwlm.cards import finetuned_facts, write_model_card
 from bmwlm.config import BLOCK_IMPORTANCE_FILE, PREPROCESS, PRUNE, RUNS_DIR, TRAIN_FILE, VALIDATION_FILE, TrainConfig
 from bmwlm.hardware import (
-    DeviceUnavailableError, autocast_dtype, choose_threads, cpu_model, data_parallel_size, device_matmul_gflops,
+    DeviceUnavailableError, autocast_dtype, compute_dtype_name, choose_threads, cpu_model, data_parallel_size, device_matmul_gflops,
     device_model, launched_processes, local_processes, resolve_device, set_threads, versions,
 )
 from bmwlm.io import BadRecordError, MissingInputError, display_path, read_json, read_jsonl, require, write_json, write_jsonl
@@ -273,7 +273,9 @@ def train_variant(variant: str, base_model: str, cfg: TrainConfig, *, train_file
     main = args.process_index == 0  # rank 0 of a torchrun run; a single process is rank 0
     with args.main_process_first(local=False, desc="preparing the run folder"):  # rank 0 first, the others wait
         stopwatch = prepare_folder(files, settings, checkpoint, write=main)
-    bf16_peak = device_matmul_gflops(device) * 1e9  # one device's ceiling; `processes` devices share the work
+    # one device's ceiling in the dtype the matmuls run in (float32 without autocast); `processes` share the work
+    peak_dtype = compute_dtype_name(dtype)
+    peak = device_matmul_gflops(device, peak_dtype) * 1e9
     log.info("%s: %s, %d blocks, %s parameters; %d train blocks, %d/%d validation blocks of %d tokens; "
              "%d threads, %s%s", variant, base_model, len(get_blocks(model)), f"{parameters:,}", len(train_blocks),
              len(val_blocks), len(all_val_blocks), cfg.block_size, threads,
@@ -296,7 +298,7 @@ def train_variant(variant: str, base_model: str, cfg: TrainConfig, *, train_file
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    logger = JsonlLogCallback(files.log_file, stopwatch, 6 * parameters, bf16_peak * processes, progress,
+    logger = JsonlLogCallback(files.log_file, stopwatch, 6 * parameters, peak * processes, progress, peak_dtype=peak_dtype,
                               tensorboard_dir=files.tensorboard_dir)
     trainer.add_callback(logger)
     for cb in callbacks:
@@ -348,8 +350,9 @@ def train_variant(variant: str, base_model: str, cfg: TrainConfig, *, train_file
         eval_seconds=round(stopwatch.eval_seconds, 1),
         wall_seconds=round(time.perf_counter() - started, 1),
         tokens_per_s=round(tokens_per_s, 1),
-        bf16_matmul_gflops=round(bf16_peak / 1e9, 1),
-        share_of_bf16_peak=round(tokens_per_s * 6 * parameters / (bf16_peak * processes), 4),
+        matmul_gflops=round(peak / 1e9, 1),
+        share_of_peak=round(tokens_per_s * 6 * parameters / (peak * processes), 4),
+        peak_dtype=peak_dtype,
         initial_eval_loss=evals[0].eval_loss if evals and evals[0].step == 0 else None,
         final_eval_loss=evals[-1].eval_loss if evals else None,
         final_train_loss=trains[-1].loss if trains else None,

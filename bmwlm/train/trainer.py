@@ -217,14 +217,15 @@ def open_events(log_dir: Path, step: int) -> SummaryWriter:
 
 class JsonlLogCallback(TrainerCallback):
     """Appends log.jsonl lines (and, given `tensorboard_dir`, the same points as TensorBoard scalars) and
-    prints one readable line per log with tokens/s and the share of the bf16 matmul ceiling; owns the
+    prints one readable line per log with tokens/s and the share of the matmul ceiling (measured in
+    `peak_dtype`, the dtype the run's matmuls run in); owns the
     tqdm progress bar; saves the stopwatch into each checkpoint. With several processes only rank 0
     writes or prints; every rank still asks for the log at the last step (Trainer gathers the loss there).
     `peak_flops`: the ceiling of all processes together."""
 
     def __init__(self, path: Path, stopwatch: Stopwatch, flops_per_token: float, peak_flops: float,
-                 progress: bool = True, tensorboard_dir: Path | None = None):
-        self.path, self.stopwatch = Path(path), stopwatch
+                 progress: bool = True, tensorboard_dir: Path | None = None, peak_dtype: str = "bfloat16"):
+        self.path, self.stopwatch, self.peak_dtype = Path(path), stopwatch, peak_dtype
         self.flops_per_token, self.peak_flops, self.progress = flops_per_token, peak_flops, progress
         self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir is not None else None
         self.bar = None
@@ -266,7 +267,7 @@ class JsonlLogCallback(TrainerCallback):
             line = LogLine(step=state.global_step, epoch=epoch, tokens=tokens, loss=round(logs["loss"], 5),
                            lr=float(f"{lr:.4g}"), seconds=round(self.stopwatch.elapsed(), 1))
             text = (f"step {state.global_step:>5} | loss {logs['loss']:.4f} | lr {lr:.2e} | {rate:,.0f} tokens/s | "
-                    f"{100 * rate * self.flops_per_token / self.peak_flops:.0f}% of bf16 matmul peak | "
+                    f"{100 * rate * self.flops_per_token / self.peak_flops:.0f}% of {self.peak_dtype} matmul peak | "
                     f"{line.seconds:.0f} s")
             scalars = {TB_LOSS: line.loss, TB_LR: line.lr, TB_TOKENS_PER_S: rate}
         else:
