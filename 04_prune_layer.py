@@ -14,7 +14,10 @@ Writes (fields in docs/records.md)
     (`BlockScoring`); nothing removed, no model written;
   - `--curve` (the depth study, `make study`): `outputs/prune/removal_curve.json` (`RemovalCurve`: five
     selection methods, their scores and sets for k = 0 … `--max-removed`, calibration and validation
-    perplexity of each) and the model without the best method's K blocks.
+    perplexity of each, each validation window's loss and the paired intervals between methods) and the
+    model without the best method's K blocks;
+  - `--curve-windows`: the per-window validation losses and intervals added to an existing
+    removal_curve.json that lacks them (the recorded sets re-scored; nothing chosen again).
 
 Why it works this way (details in bmwlm/prune/)
   - A block's importance is the loss increase when it is skipped, which is exactly the loss of the model
@@ -92,6 +95,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--curve", action="store_true",
                    help="depth study: five selection methods, the removal curve for k = 0 .. --max-removed, and "
                         "the model without the best method's blocks (writes removal_curve.json)")
+    p.add_argument("--curve-windows", action="store_true",
+                   help="add to an existing removal_curve.json (in --out-dir) the loss of each validation window "
+                        "for every set it records, and the paired intervals between methods; nothing is chosen "
+                        "again, and the record is rewritten only if the re-drawn windows reproduce its losses")
     p.add_argument("--max-removed", type=int, default=0,
                    help="--curve: largest number of blocks removed (0 = a quarter of the depth, rounded)")
     p.add_argument("--block-size", type=int, default=cfg.block_size, help="tokens per scoring window")
@@ -109,8 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (every block's score)")
     args = p.parse_args(argv)
-    if args.scores_only and args.curve:
-        p.error("--scores-only and --curve are separate runs; give one")
+    if sum((args.scores_only, args.curve, args.curve_windows)) > 1:
+        p.error("--scores-only, --curve and --curve-windows are separate runs; give one")
     if args.calibration_tokens < 0 or args.validation_tokens < 0 or args.max_removed < 0:
         p.error("--calibration-tokens, --validation-tokens and --max-removed must be >= 0")
     return args
@@ -122,14 +129,17 @@ def main(argv=None) -> int:
     # torch and transformers load here, after parsing, so that --help answers at once
     from bmwlm.hardware import DeviceUnavailableError
     from bmwlm.prune import STAGE_ERRORS
-    from bmwlm.prune.stage import Stage, curve, remove_one, scores_only
+    from bmwlm.prune.stage import Stage, curve, curve_windows, remove_one, scores_only
 
     try:
         st = Stage(args)
         log.info("%s: %d blocks", args.model, st.n_blocks)
-        st.calibrate()
-        st.score()
-        out_file = scores_only(st) if args.scores_only else curve(st) if args.curve else remove_one(st)
+        if args.curve_windows:  # the record's sets, re-scored on the validation windows: no calibration needed
+            out_file = curve_windows(st)
+        else:
+            st.calibrate()
+            st.score()
+            out_file = scores_only(st) if args.scores_only else curve(st) if args.curve else remove_one(st)
     except (*STAGE_ERRORS, DeviceUnavailableError) as exc:
         print(f"{SCRIPT}: error: {exc}", file=sys.stderr)
         return 1

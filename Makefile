@@ -93,9 +93,10 @@ tensorboard: $(STAMP)  ## 03's curves of every variant side by side (TB_LOGDIR, 
 # Depth study (issue 8): five block-selection methods and the removal curve, four healing runs (one block and
 # the deep cut, each fine-tuned and distilled from the fine-tuned full model), importance after fine-tuning,
 # the healed models' paired validation comparisons (outputs/study/healing_eval.json), then
-# outputs/study/report/depth.md. The one-block fine-tuned run is the default pruned run when it exists. Resumable: a piece whose output exists is skipped, an interrupted
-# training run continues from its last checkpoint (--resume). About 4-5 h on the 2-core CPU; it needs
-# `make prune` and `make train-full` first (run here if their outputs are missing).
+# outputs/study/report/depth.md. The one-block fine-tuned run is the default pruned run when it exists.
+# Resumable: a piece whose output exists is skipped, an interrupted training run (the teacher included)
+# continues from its last checkpoint (--resume). About 4-5 h on a 2-core CPU with native bf16 (AVX512-BF16
+# EPYC; several times longer in float32 without it). `make prune` and the teacher run here when missing.
 # STUDY_PRUNE_ARGS / STUDY_TRAIN_ARGS / STUDY_HEALING_ARGS: extra arguments for every 04 / 03 run of the study
 # and for bmwlm.evaluate.healing (e.g. a tiny dry run).
 .PHONY: study
@@ -107,7 +108,8 @@ STUDY_TRAIN_ARGS ?=
 STUDY_HEALING_ARGS ?=
 study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distillation, importance after fine-tuning (hours)
 	test -f $(STUDY_WORK)/outputs/prune/block_importance.json || $(MAKE) prune
-	test -f $(STUDY_TEACHER)/config.json || $(MAKE) train-full
+	@# the teacher is the default full run (outputs/runs/full); --resume: an interrupted one continues
+	test -f $(STUDY_TEACHER)/config.json || $(PY) 03_train.py --variant full --resume $(STUDY_TRAIN_ARGS)
 	test -f $(STUDY_WORK)/outputs/prune/removal_curve.json || $(PY) 04_prune_layer.py --curve $(STUDY_PRUNE_ARGS)
 	test -f $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json || $(PY) 04_prune_layer.py $(STUDY_PRUNE_ARGS) \
 	  --scores-only --model $(STUDY_TEACHER) --scores-file $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json

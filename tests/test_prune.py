@@ -336,7 +336,7 @@ def test_help_explains_every_option_and_shows_its_real_default_once():
     assert proc.returncode == 0
     blocks = {b.split()[0].rstrip(","): " ".join(b.split()) for b in proc.stdout.split("\n  -")[1:]}
     blocks.pop("h")
-    assert len(blocks) == 20
+    assert len(blocks) == 21
     for option, text in blocks.items():
         assert len(text.split("(default:")[0].split()) > 3, f"-{option} has no help text"
         assert text.count("(default:") == 1 and "(default: None)" not in text, f"-{option}: {text}"

@@ -11,10 +11,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHea
 
 from bmwlm import prune
 from bmwlm.modeling import evaluate_nll, get_blocks, load_model, save_pretrained_atomically
-from bmwlm.prune.curve import best_method, removal_curve
+from bmwlm.prune.curve import best_method, removal_curve, validation_comparisons
 from bmwlm.prune.methods import METHODS, iterative_selection, quarter_depth, selection_from
 from bmwlm.prune.runner import BlockRunner
-from bmwlm.prune.scoring import score_windows
+from bmwlm.prune.scoring import mean_loss, score_windows, set_losses, set_window_nll
 from bmwlm.records.prune import load_removal_curve
 from conftest import ROOT
 from test_prune import BLOCK_SIZE, CAL_TOKENS, splits  # noqa: F401  (fixture)
@@ -148,6 +148,46 @@ def test_the_curve_scores_each_set_as_the_model_without_those_blocks(six_block_s
         sel.iterative[1].losses[sel.iterative[1].chosen], abs=1e-6)
     best = best_method(curves, 3)
     assert curves[best][3].calibration_loss == min(c[3].calibration_loss for c in curves.values())
+    for points in curves.values():  # each validation window's loss is kept, and they make up the mean
+        for p in points:
+            assert len(p.validation_window_nll) == 3
+            assert mean_loss(p.validation_window_nll, wins[:3]) == pytest.approx(p.validation_loss, abs=1e-9)
+
+
+def test_each_window_s_loss_is_that_window_scored_alone_in_the_order_given(six_block_selection):
+    model, runner, wins, _ = six_block_selection
+    mixed = [wins[0], wins[1][:10], wins[2], wins[3][:10], wins[4]]  # two lengths: batched out of order
+    sets = [[], [1, 3], [4]]
+    per_window = set_window_nll(runner, mixed, sets, batch_size=2)
+    for blocks, nlls in zip(sets, per_window):
+        smaller = prune.without_blocks(model, blocks) if blocks else model
+        for window, nll in zip(mixed, nlls):
+            alone, n = evaluate_nll(smaller, [window], batch_size=1, bf16=False)
+            assert nll == pytest.approx(alone, abs=1e-4) and n == len(window) - 1
+    assert set_losses(runner, mixed, sets, batch_size=2) == [mean_loss(n, mixed) for n in per_window]
+
+
+def test_curve_intervals_say_same_set_for_shared_sets_and_exclude_1_only_for_a_consistent_gap():
+    from bmwlm.prune.curve import point
+
+    base = [10.0, 12.0, 9.0, 11.0, 10.5, 9.5]
+    worse = [x + 1.0 for x in base]  # 1 nat more on every window: a ratio well above 1
+    noisy = [x + d for x, d in zip(base, [1.0, -1.0, 0.5, -0.5, 1.0, -1.0])]  # +/- : inside noise
+    tokens = [20] * 6
+
+    def curve(window_nll, blocks):
+        return [point(0, [], 3.0, 0.5, base), point(1, blocks, 3.1, math.fsum(window_nll) / 120, window_nll)]
+
+    curves = {"ref": curve(base, [2]), "same": curve(base, [2]), "worse": curve(worse, [1]),
+              "noisy": curve(noisy, [3])}
+    comps = {c.method: c for c in validation_comparisons(curves, "ref", tokens, n_resamples=500)}
+    assert set(comps) == {"same", "worse", "noisy"} and {c.k for c in comps.values()} == {1}
+    assert comps["same"].same_set and comps["same"].ratio == 1.0 and comps["same"].ratio_ci95 == [1.0, 1.0]
+    assert comps["worse"].ratio == pytest.approx(math.exp(6 / 120)) and comps["worse"].ratio_ci95[0] > 1
+    lo, hi = comps["noisy"].ratio_ci95
+    assert lo < 1 < hi and comps["noisy"].windows == 6
+    no_windows = {m: [point(0, [], 3.0, 0.5), point(1, [m == "ref" and 2 or 1], 3.1, 0.6)] for m in ("ref", "b")}
+    assert validation_comparisons(no_windows, "ref", tokens) == []  # an old record: nothing to pair
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -204,3 +244,56 @@ def test_the_curve_stage_writes_every_method_s_scores_sets_and_the_deep_cut(tiny
     assert cut.blocks == record.curves[cut.method][2].blocks
     assert len(get_blocks(load_model(cut.output_dir))) == 2
     assert record.calibration.validation_articles_checked == 8 and not (tmp_path / "prune" / "block_importance.json").exists()
+    n_windows = len(record.validation_window_tokens)
+    assert n_windows and all(len(p.validation_window_nll) == n_windows for m in METHODS for p in record.curves[m])
+    assert {(c.k, c.method) for c in record.validation_comparisons} == {
+        (k, m) for k in (1, 2) for m in METHODS if m != cut.method}
+
+
+def _curve_windows(tiny_llama_dir, splits, out_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "04_prune_layer.py"), "--curve-windows", "--model", str(tiny_llama_dir),
+         "--train-file", str(splits["train"]), "--validation-file", str(splits["validation"]),
+         "--block-size", str(BLOCK_SIZE), "--no-progress", "--threads", "1", "--out-dir", str(out_dir)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+def test_curve_windows_adds_the_window_losses_to_an_old_record_and_refuses_one_it_cannot_reproduce(
+        tiny_llama_dir, splits, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "04_prune_layer.py"), "--curve", "--max-removed", "2", "--model", str(tiny_llama_dir),
+         "--train-file", str(splits["train"]), "--validation-file", str(splits["validation"]),
+         "--block-size", str(BLOCK_SIZE), "--calibration-tokens", str(CAL_TOKENS), "--validation-tokens",
+         str(3 * (BLOCK_SIZE - 1)), "--no-progress", "--threads", "1",
+         "--out-models-dir", str(tmp_path / "models"), "--out-dir", str(tmp_path / "prune")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tmp_path / "prune" / "removal_curve.json"
+    fresh = json.loads(path.read_text())
+    old = json.loads(path.read_text())  # as a record from before the windows were kept
+    for points in old["curves"].values():
+        for p in points:
+            del p["validation_window_nll"]
+    del old["validation_window_tokens"], old["validation_comparisons"]
+    path.write_text(json.dumps(old))
+    assert load_removal_curve(path).validation_comparisons == []
+
+    proc = _curve_windows(tiny_llama_dir, splits, tmp_path / "prune")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    added = json.loads(path.read_text())
+    assert added["validation_window_tokens"] == fresh["validation_window_tokens"] == [BLOCK_SIZE - 1] * 3
+    for method, points in added["curves"].items():
+        for p, f in zip(points, fresh["curves"][method]):
+            assert p["validation_window_nll"] == pytest.approx(f["validation_window_nll"], abs=1e-4)
+            assert p["validation_loss"] == f["validation_loss"]  # the recorded numbers are untouched
+    assert [(c["k"], c["method"]) for c in added["validation_comparisons"]] == [
+        (c["k"], c["method"]) for c in fresh["validation_comparisons"]]
+
+    old["curves"]["loss_increase"][1]["validation_loss"] += 0.01  # not what this model scores on these windows
+    path.write_text(json.dumps(old))
+    proc = _curve_windows(tiny_llama_dir, splits, tmp_path / "prune")
+    assert proc.returncode == 1 and "not the same model, split or windows" in proc.stderr
+    assert json.loads(path.read_text()) == old  # nothing written
+

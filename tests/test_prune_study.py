@@ -226,3 +226,27 @@ def test_a_method_that_explodes_is_tabled_in_two_digits_and_the_figure_still_dra
     last.validation_perplexity, last.calibration_perplexity = 2.11e9, 2.46e9
     assert "| 2.1e9 (2.5e9) |" in "\n".join(depth.curve_table(c))
     assert depth.plot_removal_curve(c)[:4] == b"\x89PNG"
+
+
+def test_the_curve_intervals_table_bolds_only_ratios_whose_interval_excludes_1():
+    from bmwlm.prune.curve import validation_comparisons
+
+    c = curve()  # every method removes blocks 2.. at each k: give them distinct sets and per-window losses
+    tokens = [255] * 8
+    for i, m in enumerate(METHODS):
+        for p in c.curves[m]:
+            shift = {"loss_increase": 0.0, "iterative_loss": 0.0, "block_influence": 5.0}.get(m, 0.0)
+            jitter = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] if m != "angular_span" else [3, -3, 2, -2, 3, -3, 2, -2]
+            p.validation_window_nll = [900.0 + p.k * 10 + shift * p.k + j for j in jitter]
+            if m not in ("loss_increase", "iterative_loss") and p.k:
+                p.blocks = [10 + i, *p.blocks[1:]]  # a set of its own
+    c.validation_window_tokens = tokens
+    c.validation_comparisons = validation_comparisons(c.curves, c.deep_cut.method, tokens, n_resamples=300)
+    md = depth.depth_section(depth.Study(curve=c))
+    table = md[md.index("relative to loss increase, one pass's"):]
+    assert "95% paired bootstrap interval over the 8 validation windows (300 resamples)" in table
+    assert "| loss increase, iterative (SLEB) | same set | same set |" in table
+    assert f"| Block Influence (ShortGPT) | **{math.exp(5 / 255):.2f}** [" in table  # +5 nats on every window
+    span = next(line for line in table.splitlines() if line.startswith("| angular distance span"))
+    assert "**" not in span  # +/- 3 nats around the same mean: no detectable difference
+    assert "No intervals on the curve" in depth.depth_section(depth.Study(curve=curve()))

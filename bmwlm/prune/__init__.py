@@ -23,7 +23,9 @@ from bmwlm.modeling import ModelUnavailableError, remove_block
 from bmwlm.prune.budget import spearman
 from bmwlm.prune.data import PruneInputError, calibration_sample, check_disjoint, validation_windows
 from bmwlm.prune.runner import BlockRunner, RunnerError
-from bmwlm.prune.scoring import WindowScores, score_windows, skip_block, uncached_skip_losses
+from bmwlm.prune.scoring import (
+    WindowScores, mean_loss, score_windows, set_window_nll, skip_block, uncached_skip_losses,
+)
 from bmwlm.records.prune import BlockScore, ProxyComparison
 
 METHOD = "loss_increase"
@@ -43,7 +45,8 @@ STAGE_ERRORS = (MissingInputError, BadRecordError, ModelUnavailableError, PruneI
 __all__ = [
     "BlockRunner", "DEFAULT_CALIBRATION_TOKENS", "METHOD", "PruneInputError", "STAGE_ERRORS", "WindowScores",
     "block_scores", "calibration_sample", "check_block", "check_disjoint", "choose_block", "cosine_choice",
-    "naive_blocks", "proxy_comparison", "score_windows", "skip_block", "spearman", "uncached_skip_losses",
+    "mean_loss", "naive_blocks", "proxy_comparison", "score_windows", "set_window_nll", "skip_block", "spearman",
+    "uncached_skip_losses",
     "validation_windows", "without_blocks",
 ]
 

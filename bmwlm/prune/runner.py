@@ -159,14 +159,22 @@ class BlockRunner:
         return per_token.view(rows, positions).sum(dim=1)
 
 
+def indexed_batches(windows: Sequence[Sequence[int]], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Windows of equal length stacked `batch_size` at a time (in order of first appearance), each batch
+    with the positions in `windows` of its rows."""
+    by_len: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        by_len.setdefault(len(w), []).append(i)
+    for group in by_len.values():
+        for start in range(0, len(group), batch_size):
+            rows = group[start:start + batch_size]
+            yield rows, torch.tensor([list(windows[i]) for i in rows], dtype=torch.long)
+
+
 def batches(windows: Sequence[Sequence[int]], batch_size: int) -> Iterator[torch.Tensor]:
     """Windows of equal length stacked `batch_size` at a time (in order of first appearance)."""
-    by_len: dict[int, list[Sequence[int]]] = {}
-    for w in windows:
-        by_len.setdefault(len(w), []).append(w)
-    for group in by_len.values():
-        for i in range(0, len(group), batch_size):
-            yield torch.tensor([list(w) for w in group[i:i + batch_size]], dtype=torch.long)
+    for _, ids in indexed_batches(windows, batch_size):
+        yield ids
 
 
 def check_runner(runner: BlockRunner, ids: torch.Tensor, tolerance: float = 1e-3) -> None:

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bmwlm.modeling import evaluate_nll, get_blocks
-from bmwlm.prune.runner import BlockRunner, batches
+from bmwlm.prune.runner import BlockRunner, batches, indexed_batches
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +137,32 @@ def score_windows(runner: BlockRunner, windows: Sequence[Sequence[int]], batch_s
     return WindowScores.concat(parts)
 
 
-def set_losses(runner: BlockRunner, windows: Sequence[Sequence[int]], removal_sets: Sequence[Sequence[int]],
-               batch_size: int = 8, progress: bool = False, desc: str = "removal sets") -> list[float]:
-    """Mean loss of the model with each set of blocks removed (skipped), all sets from one trace per batch."""
+def set_window_nll(runner: BlockRunner, windows: Sequence[Sequence[int]], removal_sets: Sequence[Sequence[int]],
+                   batch_size: int = 8, progress: bool = False, desc: str = "removal sets") -> list[list[float]]:
+    """Per removal set, the summed next-token NLL of each window (in the order of `windows`) with the set's
+    blocks skipped; every set from one trace of the intact model per batch."""
     keys = [tuple(sorted(set(s))) for s in removal_sets]
     unique = list(dict.fromkeys(keys))
-    sums = dict.fromkeys(unique, 0.0)
-    tokens = 0
-    for ids in tqdm(list(batches(windows, batch_size)), desc=desc, unit="batch", disable=not progress):
+    sums = {key: [0.0] * len(windows) for key in unique}
+    for rows, ids in tqdm(list(indexed_batches(windows, batch_size)), desc=desc, unit="batch", disable=not progress):
         trace = runner.trace(ids)
         for key in unique:
             hidden, _ = runner.continue_from(trace, key)
-            sums[key] += runner.nll(hidden, ids).sum().item()
-        tokens += ids.numel() - ids.shape[0]
+            for row, nll in zip(rows, runner.nll(hidden, ids).tolist()):
+                sums[key][row] = nll
         del trace
-    return [sums[k] / tokens for k in keys]
+    return [list(sums[k]) for k in keys]
+
+
+def mean_loss(window_nll: Sequence[float], windows: Sequence[Sequence[int]]) -> float:
+    """Token-weighted mean loss of per-window summed NLLs (a window of n tokens predicts n - 1)."""
+    return math.fsum(window_nll) / sum(len(w) - 1 for w in windows)
+
+
+def set_losses(runner: BlockRunner, windows: Sequence[Sequence[int]], removal_sets: Sequence[Sequence[int]],
+               batch_size: int = 8, progress: bool = False, desc: str = "removal sets") -> list[float]:
+    """Mean loss of the model with each set of blocks removed (skipped), all sets from one trace per batch."""
+    return [mean_loss(nll, windows) for nll in set_window_nll(runner, windows, removal_sets, batch_size, progress, desc)]
 
 
 # ---------------------------------------------------------------- the old way: one full pass per block

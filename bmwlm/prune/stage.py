@@ -4,6 +4,7 @@ transformers are imported here, after parsing, so that `--help` answers at once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -17,23 +18,22 @@ from bmwlm.io import display_path, require
 from bmwlm.modeling import (
     count_parameters, load_model, load_tokenizer, model_slug, num_blocks, resolve_model, save_pretrained_atomically,
 )
-from bmwlm.prune.curve import best_method, removal_curve
+from bmwlm.prune.curve import best_method, removal_curve, validation_comparisons
 from bmwlm.prune.methods import METHOD_LABELS, METHODS, iterative_selection, quarter_depth, selection_from
 from bmwlm.prune.scoring import set_losses
 from bmwlm.records.prune import (
     BlockImportance, BlockScoring, CalibrationSample, DeepCut, IterativeStep, RemovalCurve, RemovalResult,
-    StudyScores, ValidationReport,
+    StudyScores, ValidationReport, load_removal_curve,
 )
 
 log = logging.getLogger("prune")
+CURVE_WINDOWS_TOLERANCE = 1e-4  # nats: a re-drawn window set must reproduce the recorded validation losses
 
 
 class Stage:
     """The steps every mode shares: load, draw the calibration sample, score every block."""
 
     def __init__(self, args):
-
-
         self.args, self.prune, self.started = args, prune, time.perf_counter()
         self.train_file = require(args.train_file, str(PREPROCESS))
         self.threads = set_threads(args.threads)
@@ -48,8 +48,6 @@ class Stage:
 
     def calibrate(self):
         """Draw the calibration sample, check it against the validation split, check the runner."""
-
-
         a, prune = self.args, self.prune
         self.sample = prune.calibration_sample(self.train_file, self.tokenizer, a.block_size, a.calibration_tokens)
         val_file = a.validation_file if Path(a.validation_file).exists() else None
@@ -191,7 +189,46 @@ def curve(st: Stage) -> Path:
         curves=curves,
         deep_cut=DeepCut(method=best, blocks=blocks, output_dir=display_path(out_dir), parameters=count_parameters(cut)),
         precision=st.precision, device=str(st.device), block_size=a.block_size, batch_size=a.batch_size,
-        threads=st.threads, cpu_model=st.cpu, seconds=st.seconds())
+        threads=st.threads, cpu_model=st.cpu, seconds=st.seconds(),
+        validation_window_tokens=[len(w) - 1 for w in validation],
+        validation_comparisons=validation_comparisons(curves, best, [len(w) - 1 for w in validation]))
     out_file = Path(a.out_dir) / "removal_curve.json"
     record.save(out_file)
+    return out_file
+
+
+def curve_windows(st: Stage) -> Path:
+    """--curve-windows: the validation loss of each window for every set an existing removal_curve.json
+    records (one written before the curve kept them), and the paired intervals from them. Nothing is chosen
+    again: the sets are the record's. The record is rewritten only if every set's mean over the re-drawn
+    windows equals its recorded validation loss, which proves the same model, split and windows."""
+    a, prune = st.args, st.prune
+    out_file = Path(a.out_dir) / "removal_curve.json"
+    record = load_removal_curve(out_file)
+    if record.n_blocks != st.n_blocks or record.block_size != a.block_size:
+        raise prune.PruneInputError(f"{out_file} is of a {record.n_blocks}-block model with {record.block_size}-token "
+                                    f"windows; --model {a.model} has {st.n_blocks} blocks, --block-size {a.block_size}")
+    if record.deep_cut is None or not record.validation_tokens:
+        raise prune.PruneInputError(f"{out_file} has no validation scores (or no deep cut) to add windows to")
+    windows = prune.validation_windows(require(a.validation_file, str(PREPROCESS)), st.tokenizer, a.block_size,
+                                       record.validation_tokens)
+    points = [p for m in record.methods for p in record.curves[m]]
+    nll = dict(zip((tuple(p.blocks) for p in points),
+                   prune.set_window_nll(st.runner, windows, [p.blocks for p in points], a.batch_size, a.progress,
+                                        "curve: validation windows")))
+    for p in points:
+        loss = prune.mean_loss(nll[tuple(p.blocks)], windows)
+        if not math.isclose(loss, p.validation_loss, abs_tol=CURVE_WINDOWS_TOLERANCE):
+            raise prune.PruneInputError(
+                f"blocks {p.blocks}: {loss:.6f} on the re-drawn validation windows, {p.validation_loss:.6f} in "
+                f"{out_file}; not the same model, split or windows (--validation-file, --model), nothing written")
+        p.validation_window_nll = nll[tuple(p.blocks)]
+    record.validation_window_tokens = [len(w) - 1 for w in windows]
+    record.validation_comparisons = validation_comparisons(record.curves, record.deep_cut.method,
+                                                           record.validation_window_tokens)
+    record.extra["curve_windows"] = {"cpu_model": st.cpu, "threads": st.threads, "precision": st.precision,
+                                     "seconds": st.seconds()}
+    record.save(out_file)
+    log.info("added the loss of each of %d validation windows to %d sets; max |mean - recorded| within %.0e",
+             len(windows), len(nll), CURVE_WINDOWS_TOLERANCE)
     return out_file

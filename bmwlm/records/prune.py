@@ -177,6 +177,26 @@ class CurvePoint(Record):
     calibration_perplexity: float
     validation_loss: float | None  # scored after every set was fixed (reporting only)
     validation_perplexity: float | None
+    # summed NLL of each validation window (RemovalCurve.validation_window_tokens predicted tokens each), for
+    # paired intervals; None in a record written before they were kept (04 --curve-windows adds them)
+    validation_window_nll: list[float] | None = None
+
+
+@dataclass
+class CurveComparison(Record):
+    """One method's k-block set against the reference method's (the deep cut's, chosen on calibration), on the
+    validation windows: perplexity ratio with a paired bootstrap interval over windows."""
+
+    k: int
+    method: str
+    reference: str
+    same_set: bool  # the two methods remove the same blocks: ratio exactly 1
+    perplexity: float
+    reference_perplexity: float
+    ratio: float  # perplexity / reference_perplexity
+    ratio_ci95: list[float]
+    windows: int  # the resampled unit: validation windows (each window lies mostly in one article)
+    resamples: int
 
 
 @dataclass
@@ -211,6 +231,8 @@ class RemovalCurve(Record):
     cpu_model: str
     seconds: float
     extra: dict = field(default_factory=dict)
+    validation_window_tokens: list[int] = field(default_factory=list)  # predicted tokens of each window
+    validation_comparisons: list[CurveComparison] = field(default_factory=list)  # k >= 1, each method vs deep_cut's
 
 
 @dataclass

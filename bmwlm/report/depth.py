@@ -331,6 +331,37 @@ def curve_table(curve: RemovalCurve) -> list[str]:
     return lines
 
 
+def comparison_table(curve: RemovalCurve) -> list[str]:
+    """Each method's validation perplexity relative to the deep-cut method's at every k, with the paired
+    interval over validation windows; bold where the interval excludes 1. Empty without per-window losses."""
+    comps = curve.validation_comparisons
+    if not comps:
+        return []
+    ref, ks = comps[0].reference, range(1, curve.max_removed + 1)
+    by = {(c.method, c.k): c for c in comps}
+
+    def cell(c) -> str:
+        if c is None:
+            return NA
+        if c.same_set:
+            return "same set"
+        ratio = f"{c.ratio:.2f}" if c.ratio < 100 else _big(c.ratio)
+        lo, hi = (f"{x:.2f}" if x < 100 else _big(x) for x in c.ratio_ci95)
+        detectable = c.ratio_ci95[0] > 1 or c.ratio_ci95[1] < 1
+        return f"{'**' + ratio + '**' if detectable else ratio} [{lo}, {hi}]"
+
+    label = curve.method_labels.get(ref, ref)
+    lines = [f"Validation perplexity of each method's set relative to {label}'s at the same k (the method of "
+             f"the deep cut, chosen on calibration), with a 95% paired bootstrap interval over the "
+             f"{comps[0].windows} validation windows ({comps[0].resamples} resamples); **bold**: the interval "
+             "excludes 1, otherwise no detectable difference on these windows.", "",
+             md_row(["method", *[f"k = {k}" for k in ks]]), md_row(["---"] * (len(ks) + 1))]
+    for method in curve.methods:
+        if method != ref:
+            lines.append(md_row([curve.method_labels.get(method, method), *[cell(by.get((method, k))) for k in ks]]))
+    return lines
+
+
 def _interval(study: Study, name: str) -> str:
     """The validation perplexity's 95% interval over articles from the healing evaluation (n/a without it)."""
     model = study.healing.models.get(name) if study.healing else None
@@ -416,6 +447,11 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
             d = c.deep_cut
             out += [f"Deep cut for the healing runs: `{d.method}` has the lowest calibration perplexity at "
                     f"k = {c.max_removed} and removes blocks {d.blocks} ({fmt_count(d.parameters)} parameters left).", ""]
+        if c.validation_comparisons:
+            out += [*comparison_table(c), ""]
+        else:
+            out += ["_No intervals on the curve: this record keeps no per-window validation losses "
+                    "(`04_prune_layer.py --curve-windows` adds them)._", ""]
         if "removal_curve.png" in figure_paths:
             out += [f"![Perplexity against blocks removed]({figure_paths['removal_curve.png']})", ""]
     cut_blocks = cut_labels(study)
