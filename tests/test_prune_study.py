@@ -243,7 +243,7 @@ def test_the_curve_intervals_table_bolds_only_ratios_whose_interval_excludes_1()
     c.validation_window_tokens = tokens
     c.validation_comparisons = validation_comparisons(c.curves, c.deep_cut.method, tokens, n_resamples=300)
     md = depth.depth_section(depth.Study(curve=c))
-    table = md[md.index("relative to loss increase, one pass's"):]
+    table = md[md.index("relative to that of loss increase, one pass at the same k"):]
     assert "95% paired bootstrap interval over the 8 validation windows (300 resamples)" in table
     assert "| loss increase, iterative (SLEB) | same set | same set |" in table
     assert f"| Block Influence (ShortGPT) | **{math.exp(5 / 255):.2f}** [" in table  # +5 nats on every window

@@ -351,8 +351,8 @@ def comparison_table(curve: RemovalCurve) -> list[str]:
         return f"{'**' + ratio + '**' if detectable else ratio} [{lo}, {hi}]"
 
     label = curve.method_labels.get(ref, ref)
-    lines = [f"Validation perplexity of each method's set relative to {label}'s at the same k (the method of "
-             f"the deep cut, chosen on calibration), with a 95% paired bootstrap interval over the "
+    lines = [f"Validation perplexity of each method's set relative to that of {label} at the same k (the "
+             f"method of the deep cut, chosen on calibration), with a 95% paired bootstrap interval over the "
              f"{comps[0].windows} validation windows ({comps[0].resamples} resamples); **bold**: the interval "
              "excludes 1, otherwise no detectable difference on these windows.", "",
              md_row(["method", *[f"k = {k}" for k in ks]]), md_row(["---"] * (len(ks) + 1))]
