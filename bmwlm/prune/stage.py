@@ -216,8 +216,10 @@ def curve_windows(st: Stage) -> Path:
     nll = dict(zip((tuple(p.blocks) for p in points),
                    prune.set_window_nll(st.runner, windows, [p.blocks for p in points], a.batch_size, a.progress,
                                         "curve: validation windows")))
+    worst = 0.0
     for p in points:
         loss = prune.mean_loss(nll[tuple(p.blocks)], windows)
+        worst = max(worst, abs(loss - p.validation_loss))
         if not math.isclose(loss, p.validation_loss, abs_tol=CURVE_WINDOWS_TOLERANCE):
             raise prune.PruneInputError(
                 f"blocks {p.blocks}: {loss:.6f} on the re-drawn validation windows, {p.validation_loss:.6f} in "
@@ -229,6 +231,6 @@ def curve_windows(st: Stage) -> Path:
     record.extra["curve_windows"] = {"cpu_model": st.cpu, "threads": st.threads, "precision": st.precision,
                                      "seconds": st.seconds()}
     record.save(out_file)
-    log.info("added the loss of each of %d validation windows to %d sets; max |mean - recorded| within %.0e",
-             len(windows), len(nll), CURVE_WINDOWS_TOLERANCE)
+    log.info("added the loss of each of %d validation windows to %d sets; largest |mean - recorded| %.1e nats "
+             "(allowed %.0e)", len(windows), len(nll), worst, CURVE_WINDOWS_TOLERANCE)
     return out_file
