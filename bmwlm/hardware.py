@@ -194,13 +194,11 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 def device_matmul_gflops(device: torch.device | str, dtype_name: str = "bfloat16", n: int = 2048,
                          repeats: int = 10) -> float:
-    """`matmul_gflops` on `device`: the CPU as before; a GPU (or MPS) synchronised around each timing,
-    in float16 where the GPU has no bfloat16."""
+    """`matmul_gflops` on `device`: the CPU as before; a GPU (or MPS) synchronised around each timing. The
+    caller names the dtype its matmuls run in (`compute_dtype_name`: float16 on a GPU without bfloat16)."""
     device = torch.device(device)
     if device.type == "cpu":
         return matmul_gflops(dtype_name, n, repeats)
-    if dtype_name == "bfloat16" and autocast_dtype(device) == torch.float16:
-        dtype_name = "float16"
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b

@@ -61,15 +61,10 @@ def validation_comparisons(curves: dict[str, list[CurvePoint]], reference: str, 
             p = points[k]
             if method == reference or p.validation_window_nll is None or ref.validation_window_nll is None:
                 continue
-            if p.blocks == ref.blocks:
-                ratio, ci = 1.0, [1.0, 1.0]
-            else:
-                r = stats.paired_bootstrap_perplexity(p.validation_window_nll, ref.validation_window_nll,
-                                                      window_tokens, n_resamples, seed)
-                ratio, ci = r["ratio"], r["ratio_ci95"]
+            r = stats.paired_bootstrap_perplexity(p.validation_window_nll, ref.validation_window_nll, window_tokens,
+                                                  n_resamples, seed)  # the same set: ratio 1 in every resample
             out.append(CurveComparison(
-                k=k, method=method, reference=reference, same_set=p.blocks == ref.blocks,
-                perplexity=stats.perplexity(p.validation_window_nll, window_tokens),
-                reference_perplexity=stats.perplexity(ref.validation_window_nll, window_tokens),
-                ratio=ratio, ratio_ci95=ci, windows=len(window_tokens), resamples=n_resamples))
+                k=k, method=method, reference=reference, same_set=p.blocks == ref.blocks, perplexity=r["a"],
+                reference_perplexity=r["b"], ratio=r["ratio"], ratio_ci95=r["ratio_ci95"], windows=len(window_tokens),
+                resamples=n_resamples))
     return out

@@ -143,15 +143,15 @@ def set_window_nll(runner: BlockRunner, windows: Sequence[Sequence[int]], remova
     blocks skipped; every set from one trace of the intact model per batch."""
     keys = [tuple(sorted(set(s))) for s in removal_sets]
     unique = list(dict.fromkeys(keys))
-    sums = {key: [0.0] * len(windows) for key in unique}
+    per_window = {key: [0.0] * len(windows) for key in unique}
     for rows, ids in tqdm(list(indexed_batches(windows, batch_size)), desc=desc, unit="batch", disable=not progress):
         trace = runner.trace(ids)
         for key in unique:
             hidden, _ = runner.continue_from(trace, key)
             for row, nll in zip(rows, runner.nll(hidden, ids).tolist()):
-                sums[key][row] = nll
+                per_window[key][row] = nll
         del trace
-    return [list(sums[k]) for k in keys]
+    return [list(per_window[k]) for k in keys]
 
 
 def mean_loss(window_nll: Sequence[float], windows: Sequence[Sequence[int]]) -> float:

@@ -83,9 +83,11 @@ class Stage:
             log.debug("block %d: loss without %.4f (%+.4f), cosine %.4f", s.block, s.loss_without, s.delta_loss,
                       s.cosine_similarity)
 
-    def validation(self):
+    def validation(self, tokens: int | None = None):
+        """The validation windows: `tokens` predicted tokens (default --validation-tokens; 0 = all), evenly spaced."""
         return self.prune.validation_windows(require(self.args.validation_file, str(PREPROCESS)), self.tokenizer,
-                                             self.args.block_size, self.args.validation_tokens)
+                                             self.args.block_size,
+                                             self.args.validation_tokens if tokens is None else tokens)
 
     def seconds(self) -> float:
         return round(time.perf_counter() - self.started, 1)
@@ -174,11 +176,12 @@ def curve(st: Stage) -> Path:
     save_pretrained_atomically(cut, st.tokenizer, out_dir)
     log.info("deep cut: %s removes blocks %s; wrote %s", best, blocks, out_dir)
     val_base = curves[METHODS[0]][0].validation_loss  # k = 0: the intact model
+    window_tokens = [len(w) - 1 for w in validation]
 
     record = RemovalCurve(
         base_model=str(a.model), base_model_path=display_path(st.model_path), n_blocks=n, max_removed=k_max,
         methods=list(METHODS), method_labels=dict(METHOD_LABELS), calibration=st.calibration,
-        validation_file=display_path(a.validation_file), validation_tokens=sum(len(w) - 1 for w in validation),
+        validation_file=display_path(a.validation_file), validation_tokens=sum(window_tokens),
         baseline_calibration_loss=st.baseline, baseline_validation_loss=val_base,
         scores=StudyScores(
             delta_loss=selection.delta_losses, block_influence=[1 - c for c in selection.cosines],
@@ -190,8 +193,8 @@ def curve(st: Stage) -> Path:
         deep_cut=DeepCut(method=best, blocks=blocks, output_dir=display_path(out_dir), parameters=count_parameters(cut)),
         precision=st.precision, device=str(st.device), block_size=a.block_size, batch_size=a.batch_size,
         threads=st.threads, cpu_model=st.cpu, seconds=st.seconds(),
-        validation_window_tokens=[len(w) - 1 for w in validation],
-        validation_comparisons=validation_comparisons(curves, best, [len(w) - 1 for w in validation]))
+        validation_window_tokens=window_tokens,
+        validation_comparisons=validation_comparisons(curves, best, window_tokens))
     out_file = Path(a.out_dir) / "removal_curve.json"
     record.save(out_file)
     return out_file
@@ -210,8 +213,7 @@ def curve_windows(st: Stage) -> Path:
                                     f"windows; --model {a.model} has {st.n_blocks} blocks, --block-size {a.block_size}")
     if record.deep_cut is None or not record.validation_tokens:
         raise prune.PruneInputError(f"{out_file} has no validation scores (or no deep cut) to add windows to")
-    windows = prune.validation_windows(require(a.validation_file, str(PREPROCESS)), st.tokenizer, a.block_size,
-                                       record.validation_tokens)
+    windows = st.validation(record.validation_tokens)
     points = [p for m in record.methods for p in record.curves[m]]
     nll = dict(zip((tuple(p.blocks) for p in points),
                    prune.set_window_nll(st.runner, windows, [p.blocks for p in points], a.batch_size, a.progress,

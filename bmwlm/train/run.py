@@ -29,8 +29,8 @@ from transformers import PrinterCallback, ProgressCallback, default_data_collato
 from bmwlm.cards import finetuned_facts, write_model_card
 from bmwlm.config import BLOCK_IMPORTANCE_FILE, PREPROCESS, PRUNE, RUNS_DIR, TRAIN_FILE, VALIDATION_FILE, TrainConfig
 from bmwlm.hardware import (
-    DeviceUnavailableError, autocast_dtype, compute_dtype_name, choose_threads, cpu_model, data_parallel_size, device_matmul_gflops,
-    device_model, launched_processes, local_processes, resolve_device, set_threads, versions,
+    DeviceUnavailableError, autocast_dtype, choose_threads, compute_dtype_name, cpu_model, data_parallel_size,
+    device_matmul_gflops, device_model, launched_processes, local_processes, resolve_device, set_threads, versions,
 )
 from bmwlm.io import BadRecordError, MissingInputError, display_path, read_json, read_jsonl, require, write_json, write_jsonl
 from bmwlm.modeling import (
@@ -298,8 +298,8 @@ def train_variant(variant: str, base_model: str, cfg: TrainConfig, *, train_file
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    logger = JsonlLogCallback(files.log_file, stopwatch, 6 * parameters, peak * processes, progress, peak_dtype=peak_dtype,
-                              tensorboard_dir=files.tensorboard_dir)
+    logger = JsonlLogCallback(files.log_file, stopwatch, 6 * parameters, peak * processes, progress,
+                              tensorboard_dir=files.tensorboard_dir, peak_dtype=peak_dtype)
     trainer.add_callback(logger)
     for cb in callbacks:
         trainer.add_callback(cb)

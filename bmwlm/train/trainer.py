@@ -218,8 +218,7 @@ def open_events(log_dir: Path, step: int) -> SummaryWriter:
 class JsonlLogCallback(TrainerCallback):
     """Appends log.jsonl lines (and, given `tensorboard_dir`, the same points as TensorBoard scalars) and
     prints one readable line per log with tokens/s and the share of the matmul ceiling (measured in
-    `peak_dtype`, the dtype the run's matmuls run in); owns the
-    tqdm progress bar; saves the stopwatch into each checkpoint. With several processes only rank 0
+    `peak_dtype`, the dtype the run's matmuls run in); owns the tqdm progress bar; saves the stopwatch into each checkpoint. With several processes only rank 0
     writes or prints; every rank still asks for the log at the last step (Trainer gathers the loss there).
     `peak_flops`: the ceiling of all processes together."""
 
