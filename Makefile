@@ -95,8 +95,8 @@ tensorboard: $(STAMP)  ## 03's curves of every variant side by side (TB_LOGDIR, 
 # the healed models' paired validation comparisons (outputs/study/healing_eval.json), then
 # outputs/study/report/depth.md. The one-block fine-tuned run is the default pruned run when it exists.
 # Resumable: a piece whose output exists is skipped, an interrupted training run (the teacher included)
-# continues from its last checkpoint (--resume). About 4-5 h on a 2-core CPU with native bf16 (AVX512-BF16
-# EPYC; several times longer in float32 without it). `make prune` and the teacher run here when missing.
+# continues from its last checkpoint (--resume). Hours on a 2-core CPU with native bf16, several times longer in
+# float32 without it (README -> Depth study gives the measured times). `make prune` and the teacher run here when missing.
 # STUDY_PRUNE_ARGS / STUDY_TRAIN_ARGS / STUDY_HEALING_ARGS: extra arguments for every 04 / 03 run of the study
 # and for bmwlm.evaluate.healing (e.g. a tiny dry run).
 .PHONY: study
