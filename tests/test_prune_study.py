@@ -250,3 +250,20 @@ def test_the_curve_intervals_table_bolds_only_ratios_whose_interval_excludes_1()
     span = next(line for line in table.splitlines() if line.startswith("| angular distance span"))
     assert "**" not in span  # +/- 3 nats around the same mean: no detectable difference
     assert "No intervals on the curve" in depth.depth_section(depth.Study(curve=curve()))
+
+
+def test_healing_end_labels_of_close_values_are_pushed_apart_and_far_ones_stay():
+    from bmwlm.report.depth import label_offsets
+
+    offsets = label_offsets([100.0, 103.0, 50.0, 300.0], min_gap=10.0)
+    placed = [y + dy for y, dy in zip([100.0, 103.0, 50.0, 300.0], offsets)]
+    assert offsets[2] == offsets[0] == offsets[3] == 0.0  # the lowest of a close pair and the far ones stay
+    assert placed[1] - placed[0] == pytest.approx(10.0)
+
+
+def test_the_depth_section_names_the_teacher_from_outputs_on_not_by_the_work_folder():
+    from bmwlm.report.depth import work_relative
+
+    text = "/work/studyrun/outputs/runs/full/model (alpha 1.0, temperature 1.0)"
+    assert work_relative(text) == "outputs/runs/full/model (alpha 1.0, temperature 1.0)"
+    assert work_relative("distilled from ./model") == "distilled from ./model"

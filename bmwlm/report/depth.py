@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,9 +213,6 @@ def plot_healing(study: Study, cut_labels: dict[str, str]) -> bytes | None:
                 label=f"no cut ({study.full.blocks if study.full else 'all'} blocks), fine-tune: the teacher")
         ax.axhline(teacher[-1][1], color="black", lw=0.6, alpha=0.5)
     xmax = max(line.tokens for lines in study.logs.values() for line in lines) / 1e3
-    for value, color in ends:  # the final value beside each line's end, so the table need not be consulted
-        ax.annotate(f"{value:.2f}", xy=(xmax, value), xytext=(6, 0), textcoords="offset points", va="center",
-                    fontsize=8.5, color=color)
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -227,7 +225,28 @@ def plot_healing(study: Study, cut_labels: dict[str, str]) -> bytes | None:
     ax.set_axisbelow(True)
     ax.legend(fontsize=8.5, frameon=False)
     fig.tight_layout()
+    # the final value beside each line's end, so the table need not be consulted; close values pushed apart
+    ys = [ax.transData.transform((xmax, value))[1] * 72 / fig.dpi for value, _ in ends]  # in points
+    for (value, color), dy in zip(ends, label_offsets(ys, min_gap=10.0)):
+        ax.annotate(f"{value:.2f}", xy=(xmax, value), xytext=(6, dy), textcoords="offset points", va="center",
+                    fontsize=8.5, color=color)
     return png_bytes(fig)
+
+
+def work_relative(text: str) -> str:
+    """`text` with absolute paths into a work folder's outputs/ written from outputs/ on (the published
+    section does not name the folder the study happened to run in)."""
+    return re.sub(r"(?<![\w.])/\S*?/(outputs/)", r"\1", text)
+
+
+def label_offsets(ys: list[float], min_gap: float) -> list[float]:
+    """Vertical offsets that keep labels at heights `ys` at least `min_gap` apart (same units), moving each
+    label as little as possible upwards from the lowest one."""
+    offsets, last = [0.0] * len(ys), -math.inf
+    for i in sorted(range(len(ys)), key=ys.__getitem__):
+        y = max(ys[i], last + min_gap)
+        offsets[i], last = y - ys[i], y
+    return offsets
 
 
 def plot_importance_shift(before: list[BlockScore], after: list[BlockScore], before_label: str = "base model",
@@ -459,7 +478,7 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
     if not study.runs:
         out += ["_No healing run found (outputs/study/runs/; `make study`)._", ""]
     else:
-        teacher = next((r.loss.split("distillation from ", 1)[1] for r in study.runs.values()
+        teacher = next((work_relative(r.loss.split("distillation from ", 1)[1]) for r in study.runs.values()
                         if "distillation from" in r.loss), None)
         out += [
             "Every run uses the recipe of the two main variants (`TrainConfig`: same steps, tokens, seed and batch "
