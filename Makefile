@@ -95,8 +95,9 @@ tensorboard: $(STAMP)  ## 03's curves of every variant side by side (TB_LOGDIR, 
 # the healed models' paired validation comparisons (outputs/study/healing_eval.json), then
 # outputs/study/report/depth.md. The one-block fine-tuned run is the default pruned run when it exists.
 # Resumable: a piece whose output exists is skipped, an interrupted training run (the teacher included)
-# continues from its last checkpoint (--resume). Hours on a 2-core CPU with native bf16, several times longer in
-# float32 without it (README -> Depth study gives the measured times). `make prune` and the teacher run here when missing.
+# continues from its last checkpoint (--resume), and the paired evaluation is re-made when a run is newer than
+# it. Hours on a 2-core CPU with native bf16, several times longer in float32 without it (README -> Depth study
+# gives the measured times). `make prune` and the teacher run here when missing.
 # STUDY_PRUNE_ARGS / STUDY_TRAIN_ARGS / STUDY_HEALING_ARGS: extra arguments for every 04 / 03 run of the study
 # and for bmwlm.evaluate.healing (e.g. a tiny dry run).
 .PHONY: study
@@ -125,6 +126,9 @@ study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distil
 	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_ft $(STUDY_TRAIN_ARGS); } && \
 	{ test -f $(STUDY_RUNS)/deep_cut_kd/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
 	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS); }
-	test -f $(STUDY_RUNS)/../healing_eval.json || $(PY) -m bmwlm.evaluate.healing --study-runs-dir $(STUDY_RUNS) \
+	@# the paired evaluation is re-made when a run finished after it (a run added or re-trained)
+	test -f $(STUDY_RUNS)/../healing_eval.json && \
+	  test -z "$$(find $(STUDY_RUNS) $(STUDY_TEACHER)/.. -name run.json -newer $(STUDY_RUNS)/../healing_eval.json)" || \
+	  $(PY) -m bmwlm.evaluate.healing --study-runs-dir $(STUDY_RUNS) \
 	  --out $(STUDY_RUNS)/../healing_eval.json $(STUDY_HEALING_ARGS)
 	$(PY) -m bmwlm.report.depth --study-runs-dir $(STUDY_RUNS) --healing-file $(STUDY_RUNS)/../healing_eval.json

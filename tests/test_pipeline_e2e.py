@@ -19,6 +19,9 @@ from tests.standin_server import StandinServer
 pytestmark = pytest.mark.e2e
 
 MAX_ARTICLES = 160
+# 03's settings for every tiny run here (the default variants and the depth study's): one recipe, as in real runs
+TRAIN_ARGS = ["--max-steps", "6", "--eval-steps", "3", "--save-steps", "3", "--logging-steps", "1", "--block-size", "64",
+              "--per-device-train-batch-size", "4", "--eval-max-blocks", "48", "--no-torch-compile", "--threads", "1"]
 
 
 def run_stage(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
@@ -44,9 +47,7 @@ def pipeline_run(tmp_path_factory, shared_corpus, tiny_llama_dir):
                   "--max-articles", str(MAX_ARTICLES), env=env)
     run_stage("02_preprocess.py", "--tokenizer", tiny, env=env)
     run_stage("04_prune_layer.py", "--model", tiny, "--calibration-tokens", "2048", "--block-size", "64", env=env)
-    train_args = ["--model", tiny, "--max-steps", "6", "--eval-steps", "3", "--save-steps", "3",
-                  "--logging-steps", "1", "--block-size", "64", "--per-device-train-batch-size", "4",
-                  "--no-torch-compile", "--threads", "1"]
+    train_args = ["--model", tiny, *TRAIN_ARGS]
     run_stage("03_train.py", "--variant", "full", *train_args, env=env)
     run_stage("03_train.py", "--variant", "pruned", *train_args, env=env)
     run_stage("05_evaluate.py", "--base-model", tiny, "--block-size", "64", "--cloze-max", "20",
@@ -173,3 +174,56 @@ def test_published_results_hold_the_run_s_records_and_no_cloze_sentence(pipeline
     published = "".join(f.read_text(encoding="utf-8") for f in dest.rglob("*") if f.suffix in (".md", ".json", ".jsonl"))
     assert not [q for q in cloze if q[:50] in published]
     assert "## Cloze" in (dest / "run/report/report.md").read_text(encoding="utf-8")
+
+
+def run_make_study(work: Path, tiny: str) -> subprocess.CompletedProcess:
+    """`make study` in `work` with the tiny model and a small budget (the recipe's shape, not its size): a deep
+    cut of 2 of the 4 blocks, and the paired evaluation on the first articles of the validation split only."""
+    env = {**os.environ, "BMWLM_WORKDIR": str(work), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    few = work / "data/processed/validation_first_articles.jsonl"
+    if not few.exists():
+        lines = (work / "data/processed/validation.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        few.write_text("".join(lines[:5]), encoding="utf-8")
+    args = [f"PY={sys.executable}", "STAMP=",  # this interpreter; no venv install from a test
+            f"STUDY_PRUNE_ARGS=--model {tiny} --calibration-tokens 1024 --block-size 64 --validation-tokens 1024 "
+            "--max-removed 2 --threads 1 --no-progress",
+            f"STUDY_TRAIN_ARGS=--model {tiny} {' '.join(TRAIN_ARGS)}",
+            f"STUDY_HEALING_ARGS=--validation-file {few} --block-size 64 --bootstrap 200 --no-bf16 --threads 1 "
+            "--no-progress"]
+    proc = subprocess.run(["make", "--no-print-directory", "study", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"make study failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def test_make_study_runs_every_piece_and_remakes_only_the_evaluation_a_newer_run_outdates(
+        pipeline_run, tiny_llama_dir, tmp_path):
+    import shutil
+
+    work = tmp_path / "study"
+    shutil.copytree(pipeline_run, work, symlinks=True)  # the default run's files, as `make study` expects them
+    run_make_study(work, str(tiny_llama_dir))
+
+    curve = json.loads((work / "outputs/prune/removal_curve.json").read_text())
+    deep_cut = (ROOT / curve["deep_cut"]["output_dir"]).resolve()
+    assert len(curve["deep_cut"]["blocks"]) == 2 and deep_cut.is_relative_to(work.resolve())
+    assert json.loads((deep_cut / "config.json").read_text())["num_hidden_layers"] == 2
+    assert json.loads((work / "outputs/prune/block_scores_finetuned.json").read_text())["model"].endswith("runs/full/model")
+    runs = {name: json.loads((work / f"outputs/study/runs/{name}/pruned/run.json").read_text())
+            for name in ("one_block_ft", "one_block_kd", "deep_cut_ft", "deep_cut_kd")}
+    assert all(("distillation from" in r["loss"]) == name.endswith("_kd") for name, r in runs.items())
+    assert runs["one_block_ft"]["final_eval_loss"] == json.loads(
+        (work / "outputs/runs/pruned/run.json").read_text())["final_eval_loss"]  # the default pruned run, reused
+    assert len({json.dumps(r["config"], sort_keys=True) for r in runs.values()}) == 1  # one recipe for every run
+    healing = work / "outputs/study/healing_eval.json"
+    assert len(json.loads(healing.read_text())["models"]) == 5  # four healed models and the teacher
+    depth = (work / "outputs/study/report/depth.md").read_text(encoding="utf-8")
+    assert "not run" not in depth and "Not measured" not in depth
+
+    made = healing.stat().st_mtime_ns
+    run_make_study(work, str(tiny_llama_dir))  # nothing new: nothing re-made
+    assert healing.stat().st_mtime_ns == made
+    newer = work / "outputs/study/runs/deep_cut_kd/pruned/run.json"
+    os.utime(newer, ns=(made + 10**9, made + 10**9))  # a run finished after the evaluation
+    run_make_study(work, str(tiny_llama_dir))
+    assert healing.stat().st_mtime_ns > made
