@@ -126,9 +126,11 @@ study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distil
 	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_ft $(STUDY_TRAIN_ARGS); } && \
 	{ test -f $(STUDY_RUNS)/deep_cut_kd/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
 	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS); }
-	@# the paired evaluation is re-made when a run finished after it (a run added or re-trained)
+	@# the paired evaluation (the healing runs against outputs/runs/full) is re-made when one of those runs finished
+	@# after it; a re-trained teacher does not re-train the distilled runs: delete them to distil again
 	test -f $(STUDY_RUNS)/../healing_eval.json && \
-	  test -z "$$(find $(STUDY_RUNS) $(STUDY_TEACHER)/.. -name run.json -newer $(STUDY_RUNS)/../healing_eval.json)" || \
-	  $(PY) -m bmwlm.evaluate.healing --study-runs-dir $(STUDY_RUNS) \
+	  test -z "$$(find -H $(STUDY_RUNS) $(STUDY_WORK)/outputs/runs/full -name run.json \
+	    -newer $(STUDY_RUNS)/../healing_eval.json)" || \
+	  $(PY) -m bmwlm.evaluate.healing --study-runs-dir $(STUDY_RUNS) --runs-dir $(STUDY_WORK)/outputs/runs \
 	  --out $(STUDY_RUNS)/../healing_eval.json $(STUDY_HEALING_ARGS)
 	$(PY) -m bmwlm.report.depth --study-runs-dir $(STUDY_RUNS) --healing-file $(STUDY_RUNS)/../healing_eval.json

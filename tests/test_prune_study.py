@@ -267,3 +267,4 @@ def test_the_depth_section_names_the_teacher_from_outputs_on_not_by_the_work_fol
     text = "/work/studyrun/outputs/runs/full/model (alpha 1.0, temperature 1.0)"
     assert work_relative(text) == "outputs/runs/full/model (alpha 1.0, temperature 1.0)"
     assert work_relative("distilled from ./model") == "distilled from ./model"
+    assert work_relative("/data/outputs/exp1/outputs/runs/full/model") == "outputs/runs/full/model"  # the last one

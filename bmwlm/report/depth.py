@@ -236,7 +236,7 @@ def plot_healing(study: Study, cut_labels: dict[str, str]) -> bytes | None:
 def work_relative(text: str) -> str:
     """`text` with absolute paths into a work folder's outputs/ written from outputs/ on (the published
     section does not name the folder the study happened to run in)."""
-    return re.sub(r"(?<![\w.])/\S*?/(outputs/)", r"\1", text)
+    return re.sub(r"(?<![\w.])/(?:\S*/)?(outputs/)", r"\1", text)
 
 
 def label_offsets(ys: list[float], min_gap: float) -> list[float]:
@@ -510,7 +510,7 @@ def depth_section(study: Study, figure_paths: dict[str, str] | None = None, head
         out += [f"The same scoring (loss increase when skipped, {a.precision}, the same calibration sample) of the "
                 f"base model and of the fine-tuned full model: rank correlation {rho:.2f}; least important block "
                 f"{least_b} before, {a.least_important} after. The fine-tuned model has seen the calibration "
-                "tokens in training (they come from the training split), so its losses are lower overall; "
+                "tokens in training (they come from the training split), which would lower its losses overall; "
                 "the ranking is what compares.", ""]
         if "importance_shift.png" in figure_paths:
             out += [f"![Block importance before and after fine-tuning]({figure_paths['importance_shift.png']})", ""]
