@@ -103,20 +103,23 @@ tensorboard: $(STAMP)  ## 03's curves of every variant side by side (TB_LOGDIR, 
 .PHONY: study
 STUDY_WORK       ?= $(or $(BMWLM_WORKDIR),.)
 STUDY_RUNS       ?= $(STUDY_WORK)/outputs/study/runs
-STUDY_TEACHER    ?= $(STUDY_WORK)/outputs/runs/full/model
+STUDY_DEFAULT    := $(STUDY_WORK)/outputs/runs
+STUDY_PRUNE      := $(STUDY_WORK)/outputs/prune
+STUDY_HEALING    := $(STUDY_RUNS)/../healing_eval.json
+STUDY_TEACHER    ?= $(STUDY_DEFAULT)/full/model
 STUDY_PRUNE_ARGS ?=
 STUDY_TRAIN_ARGS ?=
 STUDY_HEALING_ARGS ?=
 study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distillation, importance after fine-tuning (hours)
-	test -f $(STUDY_WORK)/outputs/prune/block_importance.json || $(MAKE) prune
+	test -f $(STUDY_PRUNE)/block_importance.json || $(MAKE) prune
 	@# the teacher is the default full run (outputs/runs/full); --resume: an interrupted one continues
 	test -f $(STUDY_TEACHER)/config.json || $(PY) 03_train.py --variant full --resume $(STUDY_TRAIN_ARGS)
-	test -f $(STUDY_WORK)/outputs/prune/removal_curve.json || $(PY) 04_prune_layer.py --curve $(STUDY_PRUNE_ARGS)
-	test -f $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json || $(PY) 04_prune_layer.py $(STUDY_PRUNE_ARGS) \
-	  --scores-only --model $(STUDY_TEACHER) --scores-file $(STUDY_WORK)/outputs/prune/block_scores_finetuned.json
+	test -f $(STUDY_PRUNE)/removal_curve.json || $(PY) 04_prune_layer.py --curve $(STUDY_PRUNE_ARGS)
+	test -f $(STUDY_PRUNE)/block_scores_finetuned.json || $(PY) 04_prune_layer.py $(STUDY_PRUNE_ARGS) \
+	  --scores-only --model $(STUDY_TEACHER) --scores-file $(STUDY_PRUNE)/block_scores_finetuned.json
 	@# one block, fine-tuned = the default pruned run (same recipe and seed): reused, as `make seeds` reuses seed 42
-	test -f $(STUDY_RUNS)/one_block_ft/pruned/run.json || { test -f $(STUDY_WORK)/outputs/runs/pruned/run.json && \
-	  mkdir -p $(STUDY_RUNS)/one_block_ft && cp -al $(STUDY_WORK)/outputs/runs/pruned $(STUDY_RUNS)/one_block_ft/pruned; } || \
+	test -f $(STUDY_RUNS)/one_block_ft/pruned/run.json || { test -f $(STUDY_DEFAULT)/pruned/run.json && \
+	  mkdir -p $(STUDY_RUNS)/one_block_ft && cp -al $(STUDY_DEFAULT)/pruned $(STUDY_RUNS)/one_block_ft/pruned; } || \
 	  $(PY) 03_train.py --variant pruned --resume --runs-dir $(STUDY_RUNS)/one_block_ft $(STUDY_TRAIN_ARGS)
 	test -f $(STUDY_RUNS)/one_block_kd/pruned/run.json || $(PY) 03_train.py --variant pruned --resume \
 	  --runs-dir $(STUDY_RUNS)/one_block_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS)
@@ -128,9 +131,7 @@ study: $(STAMP)  ## depth study: removal curve, healing by fine-tuning vs distil
 	  --pruned-model $$deep --runs-dir $(STUDY_RUNS)/deep_cut_kd --distill-from $(STUDY_TEACHER) $(STUDY_TRAIN_ARGS); }
 	@# the paired evaluation (the healing runs against outputs/runs/full) is re-made when one of those runs finished
 	@# after it; a re-trained teacher does not re-train the distilled runs: delete them to distil again
-	test -f $(STUDY_RUNS)/../healing_eval.json && \
-	  test -z "$$(find -H $(STUDY_RUNS) $(STUDY_WORK)/outputs/runs/full -name run.json \
-	    -newer $(STUDY_RUNS)/../healing_eval.json)" || \
-	  $(PY) -m bmwlm.evaluate.healing --study-runs-dir $(STUDY_RUNS) --runs-dir $(STUDY_WORK)/outputs/runs \
-	  --out $(STUDY_RUNS)/../healing_eval.json $(STUDY_HEALING_ARGS)
-	$(PY) -m bmwlm.report.depth --study-runs-dir $(STUDY_RUNS) --healing-file $(STUDY_RUNS)/../healing_eval.json
+	test -f $(STUDY_HEALING) && test -z "$$(find -H $(STUDY_RUNS) $(STUDY_DEFAULT)/full -name run.json \
+	  -newer $(STUDY_HEALING))" || $(PY) -m bmwlm.evaluate.healing --study-runs-dir $(STUDY_RUNS) \
+	  --runs-dir $(STUDY_DEFAULT) --out $(STUDY_HEALING) $(STUDY_HEALING_ARGS)
+	$(PY) -m bmwlm.report.depth --study-runs-dir $(STUDY_RUNS) --runs-dir $(STUDY_DEFAULT) --healing-file $(STUDY_HEALING)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,11 @@ MAX_ARTICLES = 160
 # 03's settings for every tiny run here (the default variants and the depth study's): one recipe, as in real runs
 TRAIN_ARGS = ["--max-steps", "6", "--eval-steps", "3", "--save-steps", "3", "--logging-steps", "1", "--block-size", "64",
               "--per-device-train-batch-size", "4", "--eval-max-blocks", "48", "--no-torch-compile", "--threads", "1"]
+
+
+def work_env(work: Path) -> dict:
+    """The environment of every command here: offline, with its files in the work folder `work`."""
+    return {**os.environ, "BMWLM_WORKDIR": str(work), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run_stage(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
@@ -40,7 +46,7 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, shared_corpus, tiny_llama_dir):
     work = tmp_path_factory.mktemp("e2e")
-    env = {**os.environ, "BMWLM_WORKDIR": str(work), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = work_env(work)
     tiny = str(tiny_llama_dir)
     with StandinServer.from_jsonl(shared_corpus) as server:
         run_stage("01_scrape.py", "--base-url", server.base_url, "--delay", "0",
@@ -179,7 +185,6 @@ def test_published_results_hold_the_run_s_records_and_no_cloze_sentence(pipeline
 def run_make_study(work: Path, tiny: str) -> subprocess.CompletedProcess:
     """`make study` in `work` with the tiny model and a small budget (the recipe's shape, not its size): a deep
     cut of 2 of the 4 blocks, and the paired evaluation on the first articles of the validation split only."""
-    env = {**os.environ, "BMWLM_WORKDIR": str(work), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     few = work / "data/processed/validation_first_articles.jsonl"
     if not few.exists():
         lines = (work / "data/processed/validation.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
@@ -190,7 +195,7 @@ def run_make_study(work: Path, tiny: str) -> subprocess.CompletedProcess:
             f"STUDY_TRAIN_ARGS=--model {tiny} {' '.join(TRAIN_ARGS)}",
             f"STUDY_HEALING_ARGS=--validation-file {few} --block-size 64 --bootstrap 200 --no-bf16 --threads 1 "
             "--no-progress"]
-    proc = subprocess.run(["make", "--no-print-directory", "study", *args], cwd=ROOT, env=env,
+    proc = subprocess.run(["make", "--no-print-directory", "study", *args], cwd=ROOT, env=work_env(work),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"make study failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     return proc
@@ -198,8 +203,6 @@ def run_make_study(work: Path, tiny: str) -> subprocess.CompletedProcess:
 
 def test_make_study_runs_every_piece_and_remakes_only_the_evaluation_a_newer_run_outdates(
         pipeline_run, tiny_llama_dir, tmp_path):
-    import shutil
-
     work = tmp_path / "study"
     shutil.copytree(pipeline_run, work, symlinks=True)  # the default run's files, as `make study` expects them
     run_make_study(work, str(tiny_llama_dir))

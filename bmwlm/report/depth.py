@@ -430,7 +430,7 @@ def healing_sentences(study: Study, cut_blocks: dict[str, str]) -> list[str]:
         out.append(f"- {sentence[0].upper()}{sentence[1:]}")
     if not study.healing.comparisons:
         return ["_The healing evaluation found no pair of scored models to compare._", ""]
-    sources = [f"{m.run} from {m.source}" for m in study.healing.models.values() if m.from_metrics]
+    sources = [f"{m.run} from {work_relative(m.source)}" for m in study.healing.models.values() if m.from_metrics]
     note = (f" Scores taken from 05's records because the model folder was not kept: {'; '.join(sources)} (accepted "
             "because the run's own last evaluation gives the same validation loss)." if sources else "")
     return [f"Paired comparisons over the {study.healing.comparisons[0].units} "
